@@ -1,0 +1,66 @@
+"""A synchronous QMP client over the qemu.qmp library, for callers that are not asyncio."""
+
+import asyncio
+import json
+import threading
+from typing import Any
+
+from cloudvmi.errors import CloudVMIError, MissingDependency
+
+
+class QMPError(CloudVMIError):
+    """QEMU refused a QMP command or the socket is gone."""
+
+
+class QMP:
+    """One QMP connection, driven from a private event loop thread."""
+
+    def __init__(self, socket_path: str, timeout: float = 10.0) -> None:
+        try:
+            from qemu.qmp import QMPClient
+        except ImportError as exc:  # pragma: no cover - install problem
+            raise MissingDependency("the qemu.qmp package is needed: pip install qemu.qmp") from exc
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="cloudvmi-qmp")
+        self._thread.start()
+        self._client = QMPClient("cloudvmi")
+        try:
+            self._call(self._client.connect(socket_path))
+        except Exception as exc:
+            self.close()
+            raise QMPError(f"cannot connect to QMP at {socket_path}: {exc}") from exc
+
+    def _call(self, coro) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(self.timeout)
+
+    def execute(self, command: str, **arguments: Any) -> Any:
+        try:
+            return self._call(self._client.execute(command, arguments or None))
+        except Exception as exc:
+            raise QMPError(f"QMP {command} {json.dumps(arguments)}: {exc}") from exc
+
+    def hmp(self, command_line: str) -> str:
+        """Run a human-monitor command (for the few facts QMP has no command for)."""
+        return self.execute("human-monitor-command", **{"command-line": command_line})
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            if self._client.runstate.name != "IDLE":
+                self._call(self._client.disconnect())
+        except Exception:
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(2)
+        self._loop.close()
+
+    def __enter__(self) -> "QMP":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

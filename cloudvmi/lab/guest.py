@@ -1,0 +1,215 @@
+"""Boot, list, reach and stop lab guests: real QEMU VMs with RAM in a shared-memory file."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudvmi.errors import CloudVMIError, MissingDependency
+from cloudvmi.lab import initramfs, kernels
+from cloudvmi.lab.accel import qemu_accel_args
+from cloudvmi.lab.console import Console
+from cloudvmi.lab.paths import run_dir
+
+QEMU = "qemu-system-x86_64"
+READY = "cloudvmi-lab: workload started"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+
+
+class LabError(CloudVMIError):
+    """A lab guest could not be started, found or stopped."""
+
+
+@dataclass
+class LabGuest:
+    """A lab guest's files and facts, read back from its run directory."""
+
+    name: str
+    dir: Path
+    meta: dict
+
+    @property
+    def qmp_path(self) -> Path:
+        return self.dir / "qmp.sock"
+
+    @property
+    def shm_path(self) -> Path:
+        return Path(self.meta["shm"])
+
+    @property
+    def pid(self) -> int:
+        return int(self.meta["pid"])
+
+    @property
+    def gdb_port(self) -> int:
+        return int(self.meta["gdb_port"])
+
+    @property
+    def console(self) -> Console:
+        return Console(self.dir / "serial.sock", self.dir / "console.lock")
+
+    def running(self) -> bool:
+        return _alive(self.pid)
+
+
+def parse_size(text: str) -> int:
+    """'256M', '1G', '512' (MiB) -> MiB."""
+    match = re.fullmatch(r"(\d+)([MmGg]?)i?[Bb]?", text.strip())
+    if not match:
+        raise LabError(f"bad memory size {text!r}; use e.g. 256M or 4G")
+    value = int(match.group(1))
+    return value * 1024 if match.group(2).lower() == "g" else value
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(name: str) -> LabGuest:
+    meta_file = run_dir() / name / "meta.json"
+    if not meta_file.exists():
+        raise LabError(f"no lab guest named {name!r} (see `cloudvmi lab ls`)")
+    return LabGuest(name, meta_file.parent, json.loads(meta_file.read_text()))
+
+
+def list_guests() -> list[LabGuest]:
+    guests = []
+    for meta_file in sorted(run_dir().glob("*/meta.json")):
+        try:
+            guests.append(LabGuest(meta_file.parent.name, meta_file.parent,
+                                   json.loads(meta_file.read_text())))
+        except (OSError, ValueError):
+            continue
+    return guests
+
+
+def up(
+    name: str,
+    kernel: str = "6.1",
+    flavour: str = "generic",
+    mem: str = "256M",
+    smp: int = 1,
+    paging: int = 5,
+    extra_procs: int = 0,
+    accel: str = "auto",
+    boot_timeout: float = 300.0,
+) -> LabGuest:
+    """Boot a lab guest and wait until its workload runs and its console answers."""
+    if not NAME_RE.fullmatch(name):
+        raise LabError(f"bad guest name {name!r}: letters, digits, '.', '_' and '-' only")
+    if shutil.which(QEMU) is None:
+        raise MissingDependency(f"{QEMU} is needed for lab guests: apt-get install qemu-system-x86")
+    if paging not in (4, 5):
+        raise LabError("paging must be 4 or 5 (levels)")
+    gdir = run_dir() / name
+    if (gdir / "meta.json").exists():
+        old = get(name)
+        if old.running():
+            raise LabError(f"lab guest {name!r} is already running (pid {old.pid})")
+        _cleanup(old)
+    lab_kernel = kernels.fetch(kernel, flavour)
+    initrd = initramfs.build(lab_kernel)
+    mem_mib = parse_size(mem)
+    gdir.mkdir(parents=True, exist_ok=True)
+    shm = Path("/dev/shm") / f"cloudvmi-{name}"
+    gdb_port = _free_port()
+    cpu_args = qemu_accel_args(accel)
+    if paging == 4:
+        cpu_args[-1] += ",la57=off"
+    append = f"console=ttyS0 panic=-1 quiet cloudvmi.extra={int(extra_procs)}"
+    cmd = [
+        QEMU, *cpu_args, "-m", str(mem_mib), "-smp", str(smp), "-nodefaults",
+        "-display", "none", "-no-reboot",
+        "-kernel", str(lab_kernel.vmlinuz), "-initrd", str(initrd), "-append", append,
+        "-object", f"memory-backend-file,id=mem,size={mem_mib}M,mem-path={shm},share=on",
+        "-machine", "pc,memory-backend=mem",
+        "-qmp", f"unix:{gdir / 'qmp.sock'},server=on,wait=off",
+        "-gdb", f"tcp:127.0.0.1:{gdb_port}",
+        "-chardev", f"socket,id=ser0,path={gdir / 'serial.sock'},server=on,wait=off,"
+                    f"logfile={gdir / 'serial.log'}",
+        "-serial", "chardev:ser0",
+        "-daemonize", "-pidfile", str(gdir / "qemu.pid"),
+    ]
+    (gdir / "serial.log").unlink(missing_ok=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabError(f"QEMU failed to start: {proc.stderr.strip()}")
+    pid = int((gdir / "qemu.pid").read_text())
+    meta = {
+        "name": name, "pid": pid, "shm": str(shm), "gdb_port": gdb_port, "kernel": kernel,
+        "flavour": flavour, "release": lab_kernel.release, "mem_mib": mem_mib, "smp": smp,
+        "paging": paging, "accel": cpu_args[1], "extra_procs": extra_procs,
+        "started": time.time(), "cmdline": cmd,
+    }
+    (gdir / "meta.json").write_text(json.dumps(meta, indent=1))
+    guest = LabGuest(name, gdir, meta)
+    try:
+        _wait_ready(guest, boot_timeout)
+    except BaseException:
+        down(name)
+        raise
+    return guest
+
+
+def _wait_ready(guest: LabGuest, timeout: float) -> None:
+    log = guest.dir / "serial.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not guest.running():
+            tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+            raise LabError(f"guest {guest.name} died while booting:\n{tail}")
+        if log.exists() and READY in log.read_text(errors="replace"):
+            guest.console.check("true", timeout=max(5.0, deadline - time.monotonic()))
+            return
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+    raise LabError(f"guest {guest.name} did not boot in {timeout:.0f} s:\n{tail}")
+
+
+def down(name: str, timeout: float = 10.0) -> None:
+    """Stop a guest by its PID (QMP quit first, then signals) and remove its files."""
+    guest = get(name)
+    if guest.running():
+        try:
+            from cloudvmi.control.qmp import QMP
+
+            with QMP(str(guest.qmp_path), timeout=3) as qmp:
+                qmp.execute("quit")
+        except CloudVMIError:
+            pass
+        deadline = time.monotonic() + timeout
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None and guest.running():
+                os.kill(guest.pid, sig)
+            while guest.running() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not guest.running():
+                break
+            deadline = time.monotonic() + timeout
+    _cleanup(guest)
+
+
+def _cleanup(guest: LabGuest) -> None:
+    Path(guest.meta["shm"]).unlink(missing_ok=True)
+    shutil.rmtree(guest.dir, ignore_errors=True)

@@ -1,0 +1,76 @@
+"""Build the lab guest's initramfs: busybox-static, the workload program, the init script."""
+
+import gzip
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from cloudvmi.errors import CloudVMIError, MissingDependency
+from cloudvmi.lab.kernels import LabKernel
+from cloudvmi.lab.paths import sub
+
+BUSYBOX = Path("/bin/busybox")
+
+
+def _workload_source() -> tuple[bytes, bytes]:
+    pkg = resources.files("cloudvmi.lab") / "workload"
+    return (pkg / "workload.c").read_bytes(), (pkg / "init.sh").read_bytes()
+
+
+def _check_busybox() -> None:
+    if not BUSYBOX.exists():
+        raise MissingDependency("busybox-static is needed for lab guests: apt-get install busybox-static")
+    if b"ld-linux" in BUSYBOX.read_bytes()[:8192]:
+        raise MissingDependency(f"{BUSYBOX} is dynamically linked: apt-get install busybox-static")
+
+
+def build(kernel: LabKernel) -> Path:
+    """Return a cached initramfs for this kernel, building it when its inputs changed."""
+    _check_busybox()
+    source, init = _workload_source()
+    digest = hashlib.sha256(source + init + BUSYBOX.read_bytes())
+    for mod in kernel.modules:
+        digest.update(mod.read_bytes())
+    out = sub("initramfs") / f"{kernel.version}-{kernel.flavour}-{digest.hexdigest()[:16]}.cpio.gz"
+    if out.exists():
+        return out
+    if shutil.which("gcc") is None:
+        raise MissingDependency("gcc is needed to build the lab workload: apt-get install gcc libc6-dev")
+    if shutil.which("cpio") is None:
+        raise MissingDependency("cpio is needed to pack the initramfs: apt-get install cpio")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "root"
+        for d in ("bin", "sbin", "proc", "sys", "dev", "tmp", "run", "lib/modules", "etc"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+        applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        for applet in applets:
+            link = root / "bin" / applet
+            if not link.exists():
+                link.symlink_to("busybox")
+        src = Path(tmp) / "workload.c"
+        src.write_bytes(source)
+        proc = subprocess.run(["gcc", "-static", "-O2", "-pthread", "-o", str(root / "bin" / "workload"),
+                               str(src)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise MissingDependency(f"building the workload failed (apt-get install gcc libc6-dev): "
+                                    f"{proc.stderr[-1000:]}")
+        (root / "init").write_bytes(init)
+        (root / "init").chmod(0o755)
+        for mod in kernel.modules:
+            shutil.copy2(mod, root / "lib" / "modules" / mod.name)
+        (root / "etc" / "passwd").write_text("root:x:0:0:root:/:/bin/sh\n")
+        names = subprocess.run(["find", ".", "-mindepth", "1"], cwd=root, capture_output=True,
+                               check=True).stdout
+        packed = subprocess.run(["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet"], cwd=root,
+                                input=names, capture_output=True)
+        if packed.returncode != 0:
+            raise CloudVMIError(f"cpio failed: {packed.stderr.decode()[-500:]}")
+        tmp_out = out.with_suffix(".tmp")
+        tmp_out.write_bytes(gzip.compress(packed.stdout, 6))
+        tmp_out.rename(out)
+    return out

@@ -1,0 +1,35 @@
+#!/bin/sh
+# CloudVMI lab guest init: mount, start the known workload, then a root shell on ttyS0.
+export PATH=/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mkdir -p /tmp /run/held
+mount -t tmpfs tmp /tmp
+ip link set lo up
+dmesg -n 1
+for m in /lib/modules/*.ko; do [ -e "$m" ] && insmod "$m"; done
+
+extra=0
+for arg in $(cat /proc/cmdline); do
+	case "$arg" in cloudvmi.extra=*) extra="${arg#cloudvmi.extra=}" ;; esac
+done
+
+# Long-lived processes, some with names and arguments that are hard to print.
+sleep 1000000 &
+sleep 2000000 &
+sh -c 'printf "odd (name) ü" > /proc/self/comm; while :; do sleep 3600; done' \
+	odd 'arg with spaces' '(paren)' 'ünïcödé' &
+sh -c 'while :; do sleep 3600; done' long $(yes abcdefghij | head -n 1000 | tr -d '\n') &
+# A zombie: the child exits and its parent (now sleep) never waits for it.
+sh -c 'sleep 0 & exec sleep 3000000' &
+/bin/workload threads 3 &
+/bin/workload files /run/held &
+/bin/workload listen 8080 &
+nice -n 19 sh -c 'while :; do :; done' &
+i=0
+while [ "$i" -lt "$extra" ]; do sleep 5000000 & i=$((i + 1)); done
+
+echo "cloudvmi-lab: workload started"
+# PID 1 must never exit: respawn the console shell whenever it ends.
+while :; do setsid sh -c 'exec sh </dev/ttyS0 >/dev/ttyS0 2>&1'; done
