@@ -1,0 +1,228 @@
+"""Find a Linux kernel in guest-physical memory and undo KASLR, with no symbols given.
+
+Cold: decode kallsyms and find BTF by scanning RAM; BTF's physical address and the
+`__start_BTF` symbol give the kernel image's virtual-to-physical offset. The result is
+cached per build (profile.py). Warm: find this boot's physical load address from the cached
+banner offset (2 MiB-aligned slots), then the virtual slide from the kernel's own page tables.
+"""
+
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloudvmi.arch.x86_64 import AddressSpace, TranslationCache
+from cloudvmi.errors import GuestMemoryError, ProfileError, UnmappedAddress
+from cloudvmi.memory.base import PhysicalMemory
+from cloudvmi.os.linux.btf import BTF, locate_btf
+from cloudvmi.os.linux.kallsyms import Kallsyms, find_kallsyms
+from cloudvmi.os.linux.objects import Object
+from cloudvmi.os.linux.profile import Profile, ProfileStore
+
+KERNEL_WINDOW = (0xFFFF_FFFF_8000_0000, 0xFFFF_FFFF_C000_0000)  # __START_KERNEL_map, 1 GiB
+SLOT = 2 << 20  # CONFIG_PHYSICAL_ALIGN is a multiple of 2 MiB on x86-64
+BANNER_PREFIX = b"Linux version "
+BTF_MAGIC = b"\x9f\xeb\x01"
+# Default direct-map bases when the kernel does not randomize memory.
+DIRECT_MAP = {4: 0xFFFF_8880_0000_0000, 5: 0xFF11_0000_0000_0000}
+
+
+@dataclass
+class LocateStats:
+    """How the kernel was found, and how long each step took (for benchmarks and `info`)."""
+
+    warm: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class LinuxKernel:
+    """A located kernel: symbols, types and the kernel address space, for the views."""
+
+    def __init__(self, phys: PhysicalMemory, profile: Profile, btf: BTF, text_phys: int,
+                 text_virt: int, levels: int, stats: LocateStats) -> None:
+        self.phys = phys
+        self.profile = profile
+        self.btf = btf
+        self.text_phys = text_phys
+        self.text_virt = text_virt
+        self.levels = levels
+        self.stats = stats
+        self.symbols = Kallsyms(
+            names=profile.names,
+            addresses=[text_virt + off for off in profile.offsets],
+            types=profile.types,
+            table_paddr=0,
+        )
+        self.image_end = self.symbols.get("_end") or text_virt + (64 << 20)
+        pgd = self.symbols.get("init_top_pgt") or self.symbols.lookup("init_level4_pgt")
+        self.kernel_pgd = self.image_phys(pgd)
+        self.space = AddressSpace(phys, self.kernel_pgd, levels)
+        self.space.add_linear_range(text_virt, self.image_end - text_virt, text_phys)
+        base_sym = self.symbols.get("page_offset_base")
+        self.page_offset = (self.read_u64(base_sym) if base_sym else DIRECT_MAP[levels])
+        ram_end = max(r.end for r in phys.regions())
+        self.space.add_linear_range(self.page_offset, ram_end, 0)
+        self._user_spaces: dict[int, AddressSpace] = {}
+
+    # -- addresses -------------------------------------------------------------------------
+    def image_phys(self, vaddr: int) -> int:
+        """Physical address of a kernel-image virtual address (the image is contiguous)."""
+        if not self.text_virt <= vaddr < self.image_end:
+            raise UnmappedAddress(vaddr, "kernel image address")
+        return self.text_phys + (vaddr - self.text_virt)
+
+    def read(self, vaddr: int, size: int) -> bytes:
+        return self.space.read(vaddr, size)
+
+    def read_u64(self, vaddr: int) -> int:
+        return struct.unpack("<Q", self.space.read(vaddr, 8))[0]
+
+    def read_cstring(self, vaddr: int, limit: int = 4096) -> bytes:
+        data = b""
+        while len(data) < limit:
+            n = min(256, limit - len(data), 4096 - ((vaddr + len(data)) & 4095))
+            chunk = self.space.read(vaddr + len(data), n)
+            end = chunk.find(b"\0")
+            if end >= 0:
+                return data + chunk[:end]
+            data += chunk
+        return data
+
+    def user_space(self, pgd_virt: int) -> AddressSpace:
+        """The address space of a process, from its mm->pgd (a direct-map pointer)."""
+        space = self._user_spaces.get(pgd_virt)
+        if space is None:
+            pgd_phys = pgd_virt - self.page_offset
+            if not self.phys.contains(pgd_phys, 4096):
+                raise UnmappedAddress(pgd_virt, "page-table root (mm->pgd)")
+            space = AddressSpace(self.phys, pgd_phys, self.levels, TranslationCache(4096))
+            self._user_spaces[pgd_virt] = space
+        return space
+
+    def invalidate(self) -> None:
+        """Forget cached translations: a running guest may have changed its page tables."""
+        self.space.cache.invalidate()
+        self._user_spaces.clear()
+
+    # -- typed objects ---------------------------------------------------------------------
+    def object(self, type_name: str, address: int) -> Object:
+        return Object(self.space, self.btf, type_name, address)
+
+    def variable(self, name: str, type_name: str) -> Object:
+        """A kernel global by symbol; BTF does not type globals, so the caller names the type."""
+        return self.object(type_name, self.symbols.lookup(name))
+
+    @property
+    def banner(self) -> str:
+        return self.profile.banner.decode("utf-8", "replace").strip()
+
+
+def locate(phys: PhysicalMemory, cache_dir: Path | None = None) -> LinuxKernel:
+    """Find the kernel: warm from a cached profile when one matches, else cold."""
+    store = ProfileStore(cache_dir)
+    start = time.perf_counter()
+    for profile, btf_path in store.load_all():
+        text_phys = _find_load_address(phys, profile)
+        if text_phys is None:
+            continue
+        stats = LocateStats(warm=True)
+        stats.seconds["find_load_address"] = time.perf_counter() - start
+        try:
+            btf_blob = btf_path.read_bytes()
+        except OSError:
+            continue
+        if phys.read(text_phys + profile.btf_offset, 24) != btf_blob[:24]:
+            continue
+        return _finish(phys, profile, btf_blob, text_phys, None, stats)
+    return _locate_cold(phys, store)
+
+
+def _find_load_address(phys: PhysicalMemory, profile: Profile) -> int | None:
+    for region in phys.regions():
+        slot = (region.start + SLOT - 1) // SLOT * SLOT
+        while slot + profile.banner_offset + len(profile.banner) <= region.end:
+            try:
+                if phys.read(slot + profile.banner_offset, len(profile.banner)) == profile.banner:
+                    return slot
+            except UnmappedAddress:
+                pass
+            slot += SLOT
+    return None
+
+
+def _locate_cold(phys: PhysicalMemory, store: ProfileStore) -> LinuxKernel:
+    stats = LocateStats(warm=False)
+    t0 = time.perf_counter()
+    syms = find_kallsyms(phys)
+    t1 = time.perf_counter()
+    stats.seconds["kallsyms"] = t1 - t0
+    btf_paddr, btf_size = locate_btf(phys)
+    stats.seconds["find_btf"] = time.perf_counter() - t1
+    try:
+        text_virt = syms.lookup("_text")
+        btf_virt = syms.lookup("__start_BTF")
+        banner_virt = syms.lookup("linux_banner")
+    except KeyError as exc:
+        raise ProfileError(f"kallsyms lacks a symbol every kernel has: {exc}") from exc
+    text_phys = text_virt - (btf_virt - btf_paddr)
+    banner = _read_banner(phys, text_phys + banner_virt - text_virt)
+    profile = Profile(
+        banner=banner, banner_offset=banner_virt - text_virt, btf_offset=btf_virt - text_virt,
+        btf_size=btf_size, names=syms.names,
+        offsets=[a - text_virt for a in syms.addresses], types=syms.types,
+    )
+    blob = phys.read(btf_paddr, btf_size)
+    kernel = _finish(phys, profile, blob, text_phys, text_virt, stats)
+    store.save(profile, blob)
+    return kernel
+
+
+def _read_banner(phys: PhysicalMemory, paddr: int) -> bytes:
+    try:
+        data = phys.read(paddr, 512)
+    except UnmappedAddress as exc:
+        raise ProfileError("linux_banner is outside RAM: symbols and BTF disagree") from exc
+    if not data.startswith(BANNER_PREFIX) or b"\0" not in data:
+        raise ProfileError("no Linux banner where kallsyms and BTF put it: not a Linux kernel, "
+                           "or its tables are corrupt")
+    return data[: data.index(b"\0")]
+
+
+def _finish(phys: PhysicalMemory, profile: Profile, btf_blob: bytes, text_phys: int,
+            text_virt: int | None, stats: LocateStats) -> LinuxKernel:
+    t0 = time.perf_counter()
+    btf = BTF.from_bytes(btf_blob)
+    stats.seconds["btf_parse"] = time.perf_counter() - t0
+    offsets = dict(zip(profile.names, profile.offsets, strict=False))
+    levels = _paging_levels(phys, text_phys, offsets)
+    pgd_off = offsets.get("init_top_pgt", offsets.get("init_level4_pgt"))
+    if pgd_off is None:
+        raise ProfileError("no init_top_pgt symbol: cannot find the kernel page tables")
+    pgd_phys = text_phys + pgd_off
+    t1 = time.perf_counter()
+    found = _virtual_text(phys, pgd_phys, levels, text_phys)
+    stats.seconds["virtual_slide"] = time.perf_counter() - t1
+    if found is None:
+        raise ProfileError("the kernel page tables do not map the kernel image")
+    if text_virt is not None and found != text_virt:
+        raise ProfileError(f"page tables map _text at {found:#x}, kallsyms says {text_virt:#x}")
+    return LinuxKernel(phys, profile, btf, text_phys, found, levels, stats)
+
+
+def _paging_levels(phys: PhysicalMemory, text_phys: int, offsets: dict[str, int]) -> int:
+    off = offsets.get("__pgtable_l5_enabled")
+    if off is None:
+        return 4
+    return 5 if struct.unpack("<I", phys.read(text_phys + off, 4))[0] else 4
+
+
+def _virtual_text(phys: PhysicalMemory, pgd_phys: int, levels: int, text_phys: int) -> int | None:
+    """Where the kernel's own page tables map the physical _text, in the kernel window."""
+    space = AddressSpace(phys, pgd_phys, levels)
+    try:
+        for m in space.mappings(*KERNEL_WINDOW, limit=1 << 16):
+            if m.pbase <= text_phys < m.pbase + m.size:
+                return m.vbase + (text_phys - m.pbase)
+    except GuestMemoryError:
+        return None
+    return None

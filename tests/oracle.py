@@ -1,0 +1,53 @@
+"""The guest's own view of itself, read over its serial console: what tests compare against."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GuestTask:
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    cmdline: list[str]
+    threads: dict[int, str] = field(default_factory=dict)  # tid -> comm
+
+
+def _parse_stat(raw: bytes) -> tuple[int, str, str, int]:
+    head, _, tail = raw.rpartition(b")")
+    pid, _, comm = head.partition(b" (")
+    fields = tail.split()
+    return int(pid), comm.decode("utf-8", "surrogateescape"), fields[0].decode(), int(fields[1])
+
+
+def split_cmdline(raw: bytes) -> list[str]:
+    if not raw:
+        return []
+    return [a.decode("utf-8", "surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")]
+
+
+def processes(guest, threads: bool = False) -> dict[int, GuestTask]:
+    """Every process the guest's /proc shows, with pid, ppid, comm and command line."""
+    out = guest.console.check("cloudvmi-procview" + (" -t" if threads else ""), timeout=180)
+    tasks: dict[int, GuestTask] = {}
+    for line in out.splitlines():
+        parts = line.split(" ")
+        if parts[0] == "P" and len(parts) >= 3:
+            pid, comm, state, ppid = _parse_stat(bytes.fromhex(parts[2]))
+            cmd = bytes.fromhex(parts[3]) if len(parts) > 3 else b""
+            tasks[pid] = GuestTask(pid, comm, state, ppid, split_cmdline(cmd))
+        elif parts[0] == "T" and len(parts) == 4 and int(parts[1]) in tasks:
+            tid, comm, _, _ = _parse_stat(bytes.fromhex(parts[3]))
+            tasks[int(parts[1])].threads[tid] = comm
+    return tasks
+
+
+def modules(guest) -> dict[str, tuple[int, int, str]]:
+    """/proc/modules: name -> (size, refcount, state)."""
+    out = guest.console.check("cat /proc/modules")
+    mods = {}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 5:
+            mods[f[0]] = (int(f[1]), int(f[2]), f[4])
+    return mods
