@@ -27,19 +27,35 @@ def split_cmdline(raw: bytes) -> list[str]:
 
 
 def processes(guest, threads: bool = False) -> dict[int, GuestTask]:
-    """Every process the guest's /proc shows, with pid, ppid, comm and command line."""
+    """Every process the guest's /proc shows, with pid, ppid, comm and command line.
+
+    The listing script and the processes it started are left out: they are not the workload.
+    """
     out = guest.console.check("cloudvmi-procview" + (" -t" if threads else ""), timeout=180)
     tasks: dict[int, GuestTask] = {}
+    script = -1
     for line in out.splitlines():
         parts = line.split(" ")
-        if parts[0] == "P" and len(parts) >= 3:
+        if parts[0] == "S":
+            script = int(parts[1])
+        elif parts[0] == "P" and len(parts) >= 3:
             pid, comm, state, ppid = _parse_stat(bytes.fromhex(parts[2]))
             cmd = bytes.fromhex(parts[3]) if len(parts) > 3 else b""
             tasks[pid] = GuestTask(pid, comm, state, ppid, split_cmdline(cmd))
         elif parts[0] == "T" and len(parts) == 4 and int(parts[1]) in tasks:
             tid, comm, _, _ = _parse_stat(bytes.fromhex(parts[3]))
             tasks[int(parts[1])].threads[tid] = comm
-    return tasks
+    return {pid: t for pid, t in tasks.items() if not _descends(tasks, pid, script)}
+
+
+def _descends(tasks: dict[int, GuestTask], pid: int, ancestor: int) -> bool:
+    for _ in range(64):
+        if pid == ancestor:
+            return True
+        if pid not in tasks:
+            return False
+        pid = tasks[pid].ppid
+    return False
 
 
 def modules(guest) -> dict[str, tuple[int, int, str]]:

@@ -126,3 +126,6 @@ def _caption(result) -> str | None:
 from cloudvmi.cli import lab as _lab  # noqa: E402  (registers the `lab` group)
 
 main.add_command(_lab.lab)
+
+if __name__ == "__main__":
+    main()

@@ -39,8 +39,8 @@ class LabGuest:
         return self.dir / "qmp.sock"
 
     @property
-    def shm_path(self) -> Path:
-        return Path(self.meta["shm"])
+    def shm_path(self) -> Path | None:
+        return Path(self.meta["shm"]) if self.meta.get("shm") else None
 
     @property
     def pid(self) -> int:
@@ -113,6 +113,7 @@ def up(
     paging: int = 5,
     extra_procs: int = 0,
     accel: str = "auto",
+    shm: bool = True,
     boot_timeout: float = 300.0,
 ) -> LabGuest:
     """Boot a lab guest and wait until its workload runs and its console answers."""
@@ -132,7 +133,7 @@ def up(
     initrd = initramfs.build(lab_kernel)
     mem_mib = parse_size(mem)
     gdir.mkdir(parents=True, exist_ok=True)
-    shm = Path("/dev/shm") / f"cloudvmi-{name}"
+    shm_path = Path("/dev/shm") / f"cloudvmi-{name}"
     gdb_port = _free_port()
     cpu_args = qemu_accel_args(accel)
     if paging == 4:
@@ -142,8 +143,8 @@ def up(
         QEMU, *cpu_args, "-m", str(mem_mib), "-smp", str(smp), "-nodefaults",
         "-display", "none", "-no-reboot",
         "-kernel", str(lab_kernel.vmlinuz), "-initrd", str(initrd), "-append", append,
-        "-object", f"memory-backend-file,id=mem,size={mem_mib}M,mem-path={shm},share=on",
-        "-machine", "pc,memory-backend=mem",
+        *(["-object", f"memory-backend-file,id=mem,size={mem_mib}M,mem-path={shm_path},share=on",
+            "-machine", "pc,memory-backend=mem"] if shm else ["-machine", "pc"]),
         "-qmp", f"unix:{gdir / 'qmp.sock'},server=on,wait=off",
         "-gdb", f"tcp:127.0.0.1:{gdb_port}",
         "-chardev", f"socket,id=ser0,path={gdir / 'serial.sock'},server=on,wait=off,"
@@ -157,7 +158,7 @@ def up(
         raise LabError(f"QEMU failed to start: {proc.stderr.strip()}")
     pid = int((gdir / "qemu.pid").read_text())
     meta = {
-        "name": name, "pid": pid, "shm": str(shm), "gdb_port": gdb_port, "kernel": kernel,
+        "name": name, "pid": pid, "shm": str(shm_path) if shm else None, "gdb_port": gdb_port, "kernel": kernel,
         "flavour": flavour, "release": lab_kernel.release, "mem_mib": mem_mib, "smp": smp,
         "paging": paging, "accel": cpu_args[1], "extra_procs": extra_procs,
         "started": time.time(), "cmdline": cmd,
@@ -211,5 +212,6 @@ def down(name: str, timeout: float = 10.0) -> None:
 
 
 def _cleanup(guest: LabGuest) -> None:
-    Path(guest.meta["shm"]).unlink(missing_ok=True)
+    if guest.shm_path:
+        guest.shm_path.unlink(missing_ok=True)
     shutil.rmtree(guest.dir, ignore_errors=True)

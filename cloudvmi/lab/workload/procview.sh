@@ -2,6 +2,8 @@
 # The guest's own view of its processes, hex-encoded so any name survives the console:
 #   P PID HEX(/proc/PID/stat) HEX(/proc/PID/cmdline)
 #   T PID TID HEX(/proc/PID/task/TID/stat)
+#   S PID-of-this-script (its children are not part of the workload)
+echo "S $$"
 hex() { od -An -tx1 -v "$1" 2>/dev/null | tr -d ' \n'; }
 for d in /proc/[0-9]*; do
 	pid=${d#/proc/}

@@ -16,7 +16,6 @@ from cloudvmi.errors import GuestMemoryError, ProfileError, UnmappedAddress
 from cloudvmi.memory.base import PhysicalMemory
 from cloudvmi.os.linux.btf import BTF, locate_btf
 from cloudvmi.os.linux.kallsyms import Kallsyms, find_kallsyms
-from cloudvmi.os.linux.objects import Object
 from cloudvmi.os.linux.profile import Profile, ProfileStore
 
 KERNEL_WINDOW = (0xFFFF_FFFF_8000_0000, 0xFFFF_FFFF_C000_0000)  # __START_KERNEL_map, 1 GiB
@@ -105,10 +104,13 @@ class LinuxKernel:
         self._user_spaces.clear()
 
     # -- typed objects ---------------------------------------------------------------------
-    def object(self, type_name: str, address: int) -> Object:
+    def object(self, type_name: str, address: int):
+        """A typed view of kernel memory: `kernel.object("struct task_struct", a).comm`."""
+        from cloudvmi.os.linux.objects import Object
+
         return Object(self.space, self.btf, type_name, address)
 
-    def variable(self, name: str, type_name: str) -> Object:
+    def variable(self, name: str, type_name: str):
         """A kernel global by symbol; BTF does not type globals, so the caller names the type."""
         return self.object(type_name, self.symbols.lookup(name))
 

@@ -1,0 +1,85 @@
+"""The kernel's identity: version, release, command line, uptime, and how it was located."""
+
+from dataclasses import dataclass, field
+
+from cloudvmi.errors import GuestMemoryError, ProfileError
+from cloudvmi.os.linux.btf import MemberNotFound
+from cloudvmi.os.linux.kernel import LinuxKernel
+from cloudvmi.os.linux.records import Record, cstring
+
+DEFAULT_TEXT = 0xFFFF_FFFF_8100_0000  # where _text is linked before KASLR
+
+
+@dataclass
+class KernelInfo:
+    version: str  # linux_banner
+    release: str  # uname -r
+    hostname: str
+    cmdline: str
+    uptime: float | None  # seconds (CLOCK_BOOTTIME), None if the timekeeper was unreadable
+    paging_levels: int
+    text_virtual: int
+    text_physical: int
+    kaslr_virtual_slide: int
+    page_offset_base: int
+    symbols: int
+    btf_types: int
+    warm_profile: bool
+    locate_seconds: dict[str, float] = field(default_factory=dict)
+
+    def rows(self) -> list[tuple[str, str]]:
+        return [
+            ("version", self.version), ("release", self.release), ("hostname", self.hostname),
+            ("command line", self.cmdline),
+            ("uptime", "?" if self.uptime is None else f"{self.uptime:.2f} s"),
+            ("paging", f"{self.paging_levels}-level"),
+            ("_text", f"{self.text_virtual:#x} (physical {self.text_physical:#x})"),
+            ("KASLR slide", f"{self.kaslr_virtual_slide:#x}"),
+            ("direct map", f"{self.page_offset_base:#x}"),
+            ("profile", f"{self.symbols} symbols, {self.btf_types} BTF types, "
+                        f"{'cached' if self.warm_profile else 'built from memory'}"),
+        ]
+
+
+def _uptime(kernel: LinuxKernel) -> float | None:
+    """CLOCK_BOOTTIME from the timekeeper: monotonic base + offs_boot (tick resolution)."""
+    btf = kernel.btf
+    address = kernel.symbols.get("tk_core")
+    if address is None:
+        return None
+    try:
+        try:  # newer kernels name the wrapper struct
+            offset = btf.struct("tk_data").offset("timekeeper")
+        except (ProfileError, LookupError):
+            seq = btf.sizeof(btf.lookup("seqcount_raw_spinlock_t"))
+            offset = (seq + 7) // 8 * 8
+        tk = Record(btf, "timekeeper", {"base": "tkr_mono.base", "offs_boot": "offs_boot"})
+        t = tk.read(kernel, address + offset)
+    except (GuestMemoryError, MemberNotFound, ProfileError, LookupError):
+        return None
+    return (t["base"] + t["offs_boot"]) / 1e9
+
+
+def info(kernel: LinuxKernel) -> KernelInfo:
+    release = hostname = cmdline = ""
+    try:
+        uts = Record(kernel.btf, "uts_namespace",
+                     {"release": "name.release", "nodename": "name.nodename"})
+        u = uts.read(kernel, kernel.symbols.lookup("init_uts_ns"))
+        release = cstring(u["release"]).decode(errors="replace")
+        hostname = cstring(u["nodename"]).decode(errors="replace")
+    except (GuestMemoryError, ProfileError, LookupError):
+        pass
+    try:
+        cmdline = kernel.read_cstring(kernel.read_u64(
+            kernel.symbols.lookup("saved_command_line"))).decode(errors="replace")
+    except (GuestMemoryError, LookupError):
+        pass
+    return KernelInfo(
+        version=kernel.banner, release=release, hostname=hostname, cmdline=cmdline,
+        uptime=_uptime(kernel), paging_levels=kernel.levels, text_virtual=kernel.text_virt,
+        text_physical=kernel.text_phys, kaslr_virtual_slide=kernel.text_virt - DEFAULT_TEXT,
+        page_offset_base=kernel.page_offset, symbols=len(kernel.profile.names),
+        btf_types=len(kernel.btf), warm_profile=kernel.stats.warm,
+        locate_seconds=dict(kernel.stats.seconds),
+    )

@@ -1,0 +1,259 @@
+"""Processes and threads, rebuilt from the kernel's task list (init_task.tasks)."""
+
+import struct
+from dataclasses import dataclass, field
+
+from cloudvmi.errors import GuestMemoryError
+from cloudvmi.os.linux.kernel import LinuxKernel
+from cloudvmi.os.linux.records import Record, cstring
+from cloudvmi.os.linux.views.common import (
+    MAX_CMDLINE,
+    MAX_PATH_DEPTH,
+    MAX_TASKS,
+    ListWalkError,
+    ViewResult,
+    list_nodes,
+)
+
+PF_WQ_WORKER = 0x00000020
+PF_KTHREAD = 0x00200000
+STATE_LETTERS = "RSDTtXZPI"  # fs/proc/array.c task_state_array, by fls(state)
+TASK_REPORT = 0x7F
+TASK_IDLE = 0x402  # TASK_UNINTERRUPTIBLE | TASK_NOLOAD
+
+
+@dataclass
+class Thread:
+    tid: int
+    tgid: int
+    comm: str
+    state: str
+    address: int
+
+
+@dataclass
+class Process:
+    pid: int
+    ppid: int
+    uid: int
+    gid: int
+    euid: int
+    comm: str  # as /proc shows it (kernel threads' full names, workqueue descriptions)
+    state: str
+    start_time: float  # seconds since boot
+    kernel_thread: bool
+    cmdline: list[str]  # empty for kernel threads
+    exe: str | None
+    threads: int
+    address: int  # task_struct
+    errors: list[str] = field(default_factory=list)  # parts that could not be read
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def state_letter(state: int, exit_state: int) -> str:
+    """The one-letter state /proc shows, from __state and exit_state."""
+    value = (state | exit_state) & TASK_REPORT
+    if state == TASK_IDLE:
+        return "I"
+    return STATE_LETTERS[value.bit_length()] if value.bit_length() < len(STATE_LETTERS) else "?"
+
+
+class TaskReader:
+    """Compiled layouts of task_struct and friends for one kernel, built once."""
+
+    def __init__(self, kernel: LinuxKernel) -> None:
+        btf = kernel.btf
+        self.kernel = kernel
+        self.task = Record(btf, "task_struct", {
+            "pid": "pid", "tgid": "tgid", "comm": "comm", "flags": "flags",
+            "state": "__state", "state_old": "state", "exit_state": "exit_state",
+            "tasks_next": "tasks.next", "real_parent": "real_parent", "real_cred": "real_cred",
+            "mm": "mm", "signal": "signal", "thread_node": "thread_node.next",
+            "start_boottime": "start_boottime", "real_start_time": "real_start_time",
+            "worker_private": "worker_private", "set_child_tid": "set_child_tid",
+        }, optional=("state", "state_old", "start_boottime", "real_start_time",
+                     "worker_private", "set_child_tid"))
+        self.tasks_offset = self.task.struct.offset("tasks")
+        self.thread_node_offset = self.task.struct.offset("thread_node")
+        self.tgid_offset = self.task.struct.offset("tgid")
+        self.cred = Record(btf, "cred", {"uid": "uid.val", "gid": "gid.val", "euid": "euid.val"})
+        self.mm = Record(btf, "mm_struct", {
+            "pgd": "pgd", "arg_start": "arg_start", "arg_end": "arg_end",
+            "env_start": "env_start", "env_end": "env_end", "exe_file": "exe_file",
+        })
+        self.signal = Record(btf, "signal_struct", {"nr_threads": "nr_threads",
+                                                    "thread_head": "thread_head"})
+        self.thread_head_offset = self.signal.offset("thread_head")
+        self.kthread = Record(btf, "kthread", {"full_name": "full_name", "data": "data"},
+                              optional=("full_name",))
+        self.worker = Record(btf, "worker", {"desc": "desc", "current_work": "current_work"})
+        self.file = Record(btf, "file", {"mnt": "f_path.mnt", "dentry": "f_path.dentry"})
+        self.dentry = Record(btf, "dentry", {"parent": "d_parent", "name": "d_name.name",
+                                             "len": "d_name.len"})
+        self.mount_mnt = btf.struct("mount").offset("mnt")
+        self.mount = Record(btf, "mount", {"parent": "mnt_parent",
+                                           "mountpoint": "mnt_mountpoint",
+                                           "root": "mnt.mnt_root"})
+
+    def read_u64(self, address: int) -> int:
+        return struct.unpack("<Q", self.kernel.read(address, 8))[0]
+
+    def comm(self, t: dict) -> str:
+        """The name /proc/PID/stat shows (fs/proc/array.c proc_task_name)."""
+        comm = cstring(t["comm"])
+        kthread_ptr = t.get("worker_private", t.get("set_child_tid", 0))
+        try:
+            if t["flags"] & PF_WQ_WORKER and kthread_ptr:
+                k = self.kthread.read(self.kernel, kthread_ptr)
+                if comm.startswith(b"kworker/R-") and k.get("full_name"):
+                    # Kernels that name rescuers "kworker/R-<wq>" show that whole name.
+                    comm = self.kernel.read_cstring(k["full_name"], 64)
+                w = self.worker.read(self.kernel, k["data"])
+                desc = cstring(w["desc"])
+                if desc:
+                    comm += (b"+" if w["current_work"] else b"-") + desc
+            elif t["flags"] & PF_KTHREAD and kthread_ptr and "full_name" in self.kthread:
+                full = self.kthread.read(self.kernel, kthread_ptr)["full_name"]
+                if full:
+                    comm = self.kernel.read_cstring(full, 64)
+        except GuestMemoryError:
+            pass  # fall back to task->comm, as the kernel would show at worst
+        return _decode(comm[:63])
+
+    def state(self, t: dict) -> str:
+        return state_letter(t.get("state", t.get("state_old", 0)), t["exit_state"])
+
+    def cmdline(self, mm: dict) -> list[str]:
+        start, end = mm["arg_start"], mm["arg_end"]
+        if not mm["pgd"] or end <= start:
+            return []
+        space = self.kernel.user_space(mm["pgd"])
+        raw = space.read(start, min(end - start, MAX_CMDLINE))
+        if raw and raw[-1] != 0 and mm["env_end"] > mm["env_start"] == end:
+            # setproctitle() may run the title on into the environment (proc_pid_cmdline)
+            more = space.read(end, min(mm["env_end"] - end, MAX_CMDLINE - len(raw)))
+            raw += more.split(b"\0", 1)[0]
+        return [_decode(a) for a in raw.rstrip(b"\0").split(b"\0")] if raw else []
+
+    def exe(self, mm: dict) -> str | None:
+        if not mm["exe_file"]:
+            return None
+        f = self.file.read(self.kernel, mm["exe_file"])
+        return self.d_path(f["mnt"], f["dentry"])
+
+    def d_path(self, vfsmount: int, dentry: int) -> str:
+        """Rebuild a path from a dentry and its mount, crossing mount points (bounded)."""
+        mnt = vfsmount - self.mount_mnt
+        parts: list[bytes] = []
+        for _ in range(MAX_PATH_DEPTH):
+            m = self.mount.read(self.kernel, mnt)
+            if dentry == m["root"]:
+                parent = m["parent"]
+                if parent == mnt or not parent:
+                    break
+                dentry, mnt = m["mountpoint"], parent
+                continue
+            d = self.dentry.read(self.kernel, dentry)
+            if d["parent"] == dentry:
+                break
+            parts.append(self.kernel.read(d["name"], min(d["len"], 255)))
+            dentry = d["parent"]
+        else:
+            raise GuestMemoryError("path deeper than the walk bound")
+        return "/" + "/".join(_decode(p) for p in reversed(parts))
+
+
+def _task_addresses(reader: TaskReader) -> tuple[list[int], str | None]:
+    init = reader.kernel.symbols.lookup("init_task")
+    head = init + reader.tasks_offset
+    addresses = [init]
+    try:
+        for node in list_nodes(reader.read_u64, head, MAX_TASKS):
+            addresses.append(node - reader.tasks_offset)
+    except ListWalkError as exc:
+        return addresses, f"task list: {exc.reason}"
+    return addresses, None
+
+
+def processes(kernel: LinuxKernel, reader: TaskReader | None = None) -> ViewResult[Process]:
+    """Every process (thread-group leader), like /proc lists them; init_task (pid 0) excluded."""
+    reader = reader or TaskReader(kernel)
+    addresses, partial = _task_addresses(reader)
+    result: ViewResult[Process] = ViewResult(partial=partial)
+    for address in addresses:
+        try:
+            t = reader.task.read(kernel, address)
+        except GuestMemoryError as exc:
+            result.partial = result.partial or f"task {address:#x}: {exc}"
+            continue
+        if t["pid"] == 0:
+            continue
+        result.items.append(_process(reader, address, t))
+    return result
+
+
+def _process(reader: TaskReader, address: int, t: dict) -> Process:
+    kernel = reader.kernel
+    errors: list[str] = []
+    ppid = uid = gid = euid = 0
+    try:
+        parent = reader.kernel.read(t["real_parent"] + reader.tgid_offset, 4)
+        ppid = struct.unpack("<i", parent)[0]
+    except GuestMemoryError as exc:
+        errors.append(f"parent: {exc}")
+    try:
+        c = reader.cred.read(kernel, t["real_cred"])
+        uid, gid, euid = c["uid"], c["gid"], c["euid"]
+    except GuestMemoryError as exc:
+        errors.append(f"cred: {exc}")
+    threads = 1
+    try:
+        threads = reader.signal.read(kernel, t["signal"])["nr_threads"]
+    except GuestMemoryError as exc:
+        errors.append(f"signal: {exc}")
+    cmdline: list[str] = []
+    exe = None
+    is_kthread = bool(t["flags"] & PF_KTHREAD) or not t["mm"]
+    if t["mm"] and not t["flags"] & PF_KTHREAD:
+        try:
+            mm = reader.mm.read(kernel, t["mm"])
+            cmdline = reader.cmdline(mm)
+            exe = reader.exe(mm)
+        except GuestMemoryError as exc:
+            errors.append(f"mm: {exc}")
+    start_ns = t.get("start_boottime", t.get("real_start_time", 0))
+    return Process(
+        pid=t["pid"], ppid=ppid, uid=uid, gid=gid, euid=euid, comm=reader.comm(t),
+        state=reader.state(t), start_time=start_ns / 1e9, kernel_thread=is_kthread,
+        cmdline=cmdline, exe=exe, threads=threads, address=address, errors=errors,
+    )
+
+
+def threads(kernel: LinuxKernel, reader: TaskReader | None = None) -> ViewResult[Thread]:
+    """Every thread of every process, from each process's signal->thread_head list."""
+    reader = reader or TaskReader(kernel)
+    addresses, partial = _task_addresses(reader)
+    result: ViewResult[Thread] = ViewResult(partial=partial)
+    for address in addresses:
+        try:
+            leader = reader.task.read(kernel, address)
+            if leader["pid"] == 0:
+                continue
+            head = leader["signal"] + reader.thread_head_offset
+            members = [n - reader.thread_node_offset
+                       for n in list_nodes(reader.read_u64, head, MAX_TASKS)]
+        except (GuestMemoryError, ListWalkError) as exc:
+            result.partial = result.partial or f"threads of task {address:#x}: {exc}"
+            continue
+        for member in members:
+            try:
+                t = reader.task.read(kernel, member)
+            except GuestMemoryError as exc:
+                result.partial = result.partial or f"thread {member:#x}: {exc}"
+                continue
+            result.items.append(Thread(tid=t["pid"], tgid=t["tgid"], comm=reader.comm(t),
+                                       state=reader.state(t), address=member))
+    return result

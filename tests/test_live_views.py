@@ -1,0 +1,145 @@
+"""Views from outside against the guest's own /proc, on real guests of three kernels."""
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+import oracle
+from cloudvmi.lab import guest as lab
+from cloudvmi.vm import attach
+
+KERNELS = ["5.10", "6.1", "6.12"]
+
+
+@pytest.fixture(scope="module", params=KERNELS)
+def live(request, profile_dir):
+    """One guest per kernel, attached with a fresh profile cache (the first attach is cold)."""
+    g = lab.up(f"lv{uuid.uuid4().hex[:6]}-{request.param.replace('.', '')}",
+               kernel=request.param)
+    vm = attach(g.name, profile_cache=profile_dir)
+    try:
+        yield g, vm
+    finally:
+        vm.close()
+        lab.down(g.name)
+
+
+def _compare(ours, theirs: dict[int, oracle.GuestTask]) -> dict[int, object]:
+    """Same processes, parents, names and command lines; returns ours by pid."""
+    mine = {p.pid: p for p in ours.items}
+    assert ours.partial is None
+    missing = set(theirs) - set(mine)
+    assert not missing, f"processes /proc shows that we miss: {sorted(missing)}"
+    extra = [p for pid, p in mine.items() if pid not in theirs and not p.kernel_thread]
+    assert not extra, f"user processes we show that /proc did not: {extra}"
+    for pid, want in theirs.items():
+        got = mine[pid]
+        assert (got.ppid, got.comm, got.cmdline) == (want.ppid, want.comm, want.cmdline), pid
+    return mine
+
+
+def test_process_list_equals_guest_proc(live):
+    g, vm = live
+    theirs = oracle.processes(g)
+    mine = _compare(vm.linux.processes(), theirs)
+    # The workload's hard cases are really there and really equal.
+    odd = [p for p in mine.values() if p.comm == "odd (name) ü"]
+    assert odd and odd[0].cmdline[3:] == ["odd", "arg with spaces", "(paren)", "ünïcödé"]
+    long = [p for p in mine.values() if p.cmdline[3:4] == ["long"]]
+    assert long and len(long[0].cmdline[4]) == 10000
+    assert any(p.state == "Z" and theirs[p.pid].state == "Z" for p in mine.values())
+    multi = [p for p in mine.values() if p.cmdline[:2] == ["/bin/workload", "threads"]]
+    assert multi and multi[0].threads == 4 and multi[0].exe == "/bin/workload"
+    assert mine[1].cmdline == ["/bin/sh", "/init"] and mine[1].uid == 0
+
+
+def test_threads_equal_guest_proc(live):
+    g, vm = live
+    theirs = oracle.processes(g, threads=True)
+    mine = vm.linux.threads()
+    assert mine.partial is None
+    by_process: dict[int, dict[int, str]] = {}
+    for t in mine.items:
+        by_process.setdefault(t.tgid, {})[t.tid] = t.comm
+    for pid, want in theirs.items():
+        assert by_process.get(pid) == want.threads, pid
+    workload = next(p for p in theirs.values() if p.cmdline[:2] == ["/bin/workload", "threads"])
+    assert sorted(by_process[workload.pid].values()) == [
+        "wl-thread-0", "wl-thread-1", "wl-thread-2", "workload"]
+
+
+def test_modules_equal_guest_proc_modules(live):
+    g, vm = live
+    theirs = oracle.modules(g)
+    mine = vm.linux.modules()
+    assert mine.partial is None
+    assert {m.name: (m.size, m.refcount, m.state) for m in mine.items} == theirs
+    assert "dummy" in theirs
+
+
+def test_kernel_info_equals_guest(live):
+    g, vm = live
+    release = g.console.check("uname -r").strip()
+    cmdline = g.console.check("cat /proc/cmdline").strip()
+    before = float(g.console.check("cat /proc/uptime").split()[0])
+    info = vm.linux.info()
+    after = float(g.console.check("cat /proc/uptime").split()[0])
+    assert info.release == release and release in info.version
+    assert info.cmdline == cmdline
+    assert before - 1 <= info.uptime <= after + 1
+    assert info.paging_levels == (4 if g.meta["kernel"] == "5.10" else 5)
+
+
+def test_dump_gives_the_same_results_as_live(live, tmp_path):
+    """dump-guest-memory of the paused guest: every view equal to the live one."""
+    g, vm = live
+    dump = tmp_path / "guest.elf"
+    vm.pause()
+    try:
+        live_views = (vm.linux.processes(), vm.linux.threads(), vm.linux.modules())
+        vm.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{dump}")
+    finally:
+        vm.resume()
+    with attach(str(dump), profile_cache=None) as offline:
+        dump_views = (offline.linux.processes(), offline.linux.threads(),
+                      offline.linux.modules())
+        assert offline.linux.info().release == vm.linux.info().release
+    for a, b in zip(live_views, dump_views, strict=True):
+        assert a == b
+
+
+def test_cli_json_live_and_dump(live, tmp_path):
+    g, vm = live
+    dump = tmp_path / "guest.elf"
+    vm.pause()
+    try:
+        vm.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{dump}")
+        vm.qmp.close()  # the CLI needs the monitor: QEMU serves one QMP client at a time
+        vm.qmp = None
+        run = [sys.executable, "-m", "cloudvmi.cli.main"]
+        from_dump = json.loads(subprocess.run([*run, "ps", str(dump), "--json"], check=True,
+                                              capture_output=True, text=True).stdout)
+        live_json = json.loads(subprocess.run([*run, "ps", g.name, "--json"], check=True,
+                                              capture_output=True, text=True).stdout)
+    finally:
+        from cloudvmi.control.qmp import QMP
+
+        vm.qmp = QMP(str(g.qmp_path))
+        vm.resume()
+    assert live_json == from_dump  # the CLI found the guest paused and left it paused
+    assert any(p["comm"] == "odd (name) ü" for p in live_json["items"])
+
+
+def test_live_guest_is_left_running_and_intact(live):
+    g, vm = live
+    assert vm.running()
+    start = time.monotonic()
+    for _ in range(20):
+        vm.linux.processes()
+    assert time.monotonic() - start < 30
+    assert vm.running()
+    assert g.console.check("echo alive").strip() == "alive"
