@@ -47,5 +47,18 @@ class MappedFileMemory(PhysicalMemory):
     def _write_at(self, offset: int, data: bytes) -> None:
         self._mm[offset:offset + len(data)] = data
 
+    def find(self, needle: bytes, start: int = 0, end: int | None = None):
+        """Search the mapping in place (no copies): scans of all RAM stay at memory speed."""
+        for region in self.map.regions:
+            lo = max(start, region.start)
+            hi = min(region.end if end is None else end, region.end)
+            if lo >= hi:
+                continue
+            base = region.offset - region.start
+            pos = self._mm.find(needle, lo + base, hi + base)
+            while pos != -1:
+                yield pos - base
+                pos = self._mm.find(needle, pos + 1, hi + base)
+
     def close(self) -> None:
         self._mm.close()

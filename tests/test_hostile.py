@@ -1,0 +1,148 @@
+"""Hostile guest memory: crafted cycles, wild pointers, corrupt BTF and kallsyms, truncated
+dumps. Each case must end in bounded time with a clear error or a result marked partial."""
+
+import os
+import shutil
+import struct
+import time
+import uuid
+
+import pytest
+
+from cloudvmi.errors import CloudVMIError
+from cloudvmi.lab import guest as lab
+from cloudvmi.memory.mapped import MappedFileMemory
+from cloudvmi.os.linux import kernel as kernel_mod
+from cloudvmi.os.linux.views.processes import TaskReader, processes
+from cloudvmi.vm import attach
+
+BOUND = 10.0  # seconds any hostile case may take
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A raw RAM image and an ELF dump of one real paused 6.1 guest."""
+    out = tmp_path_factory.mktemp("hostile")
+    g = lab.up(f"hs{uuid.uuid4().hex[:6]}", kernel="6.1")
+    try:
+        with attach(g.name, profile_cache=None) as vm:
+            vm.pause()
+            shutil.copyfile(g.shm_path, out / "ram.raw")
+            vm.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{out / 'ram.elf'}")
+    finally:
+        lab.down(g.name)
+    return out
+
+
+@pytest.fixture
+def raw_copy(images, tmp_path):
+    path = tmp_path / "ram.raw"
+    shutil.copyfile(images / "ram.raw", path)
+    return path
+
+
+def _edit(path):
+    """A writable view of the copy, with its kernel located and a task reader."""
+    mem = MappedFileMemory(path, writable=True)
+    kernel = kernel_mod.locate(mem, None)
+    return mem, kernel, TaskReader(kernel)
+
+
+def _timed(fn):
+    start = time.monotonic()
+    result = fn()
+    elapsed = time.monotonic() - start
+    assert elapsed < BOUND, f"took {elapsed:.1f} s"
+    return result
+
+
+def test_intact_copy_is_complete(raw_copy):
+    with attach(str(raw_copy), profile_cache=None) as vm:
+        result = vm.linux.processes()
+    assert result.partial is None and len(result.items) > 40
+
+
+def test_cyclic_task_list_gives_a_marked_partial_result(raw_copy):
+    mem, kernel, reader = _edit(raw_copy)
+    tasks = processes(kernel, reader).items
+    a, b = tasks[10], tasks[20]
+    # b's next now points back to a: the ring never returns to init_task.
+    kernel.space.write(b.address + reader.tasks_offset, struct.pack("<Q",
+                       a.address + reader.tasks_offset))
+    with attach(str(raw_copy), profile_cache=None) as vm:
+        result = _timed(vm.linux.processes)
+        threads = _timed(vm.linux.threads)
+    assert result.partial and "loops" in result.partial
+    assert [p.pid for p in result.items] == [p.pid for p in tasks[:21]]
+    assert threads.partial
+
+
+def test_pointers_outside_ram(raw_copy):
+    mem, kernel, reader = _edit(raw_copy)
+    tasks = processes(kernel, reader).items
+    victim = next(p for p in tasks if p.cmdline[:1] == ["sleep"])
+    wild = kernel.page_offset + (64 << 30)  # direct map, far beyond this guest's RAM
+    mm_field = victim.address + reader.task.offset("mm")
+    kernel.space.write(mm_field, struct.pack("<Q", wild))
+    # And a later task whose next pointer leaves RAM altogether.
+    last = tasks[-3]
+    kernel.space.write(last.address + reader.tasks_offset, struct.pack("<Q", 0xDEAD_0000_0000))
+    with attach(str(raw_copy), profile_cache=None) as vm:
+        result = _timed(vm.linux.processes)
+    by_pid = {p.pid: p for p in result.items}
+    assert by_pid[victim.pid].errors and by_pid[victim.pid].cmdline == []
+    assert result.partial and "list entry" in result.partial
+    assert last.pid in by_pid and tasks[-1].pid not in by_pid
+    healthy = [p for p in result.items if p.pid != victim.pid and not p.kernel_thread]
+    assert healthy and all(not p.errors and p.cmdline for p in healthy if p.state != "Z")
+
+
+def test_corrupt_btf_is_a_clear_error(raw_copy):
+    mem, kernel, _ = _edit(raw_copy)
+    btf_at = kernel.text_phys + kernel.profile.btf_offset
+    type_off, type_len = struct.unpack("<II", mem.read(btf_at + 8, 8))  # after magic, hdr_len
+    # Garble the type section: every kind/vlen word becomes nonsense.
+    start = btf_at + 24 + type_off
+    mem.write(start, os.urandom(min(type_len, 1 << 20)))
+    mem.close()
+    with attach(str(raw_copy), profile_cache=None) as vm, pytest.raises(CloudVMIError):
+        _timed(vm.linux.processes)
+
+
+def test_corrupt_kallsyms_is_a_clear_error(raw_copy):
+    mem, kernel, _ = _edit(raw_copy)
+    digits = b"".join(bytes([c]) + b"\0" for c in b"0123456789")
+    for address in list(mem.find(digits)):
+        mem.write(address, b"\xff" * len(digits))
+    mem.close()
+    with attach(str(raw_copy), profile_cache=None) as vm, pytest.raises(CloudVMIError) as err:
+        _timed(vm.linux.processes)
+    assert "kallsyms" in str(err.value).lower()
+
+
+def test_random_memory_is_not_a_kernel(tmp_path):
+    path = tmp_path / "noise.raw"
+    path.write_bytes(os.urandom(32 << 20))
+    with attach(str(path), profile_cache=None) as vm, pytest.raises(CloudVMIError):
+        _timed(vm.linux.processes)
+
+
+@pytest.mark.parametrize("fraction", [0.0001, 0.3, 0.75, 0.999])
+def test_truncated_dump(images, tmp_path, fraction):
+    full = images / "ram.elf"
+    cut = tmp_path / "cut.elf"
+    size = int(full.stat().st_size * fraction)
+    with open(full, "rb") as src, open(cut, "wb") as dst:
+        dst.write(src.read(size))
+
+    def attempt():
+        try:
+            with attach(str(cut), profile_cache=None) as vm:
+                assert "truncated" in vm.phys.description
+                return vm.linux.processes()
+        except CloudVMIError as exc:
+            return exc
+
+    outcome = _timed(attempt)
+    if not isinstance(outcome, CloudVMIError):  # the kernel and tasks were inside the part kept
+        assert outcome.items
