@@ -158,7 +158,8 @@ def up(
         raise LabError(f"QEMU failed to start: {proc.stderr.strip()}")
     pid = int((gdir / "qemu.pid").read_text())
     meta = {
-        "name": name, "pid": pid, "shm": str(shm_path) if shm else None, "gdb_port": gdb_port, "kernel": kernel,
+        "name": name, "pid": pid, "shm": str(shm_path) if shm else None, "gdb_port": gdb_port,
+        "kernel": kernel,
         "flavour": flavour, "release": lab_kernel.release, "mem_mib": mem_mib, "smp": smp,
         "paging": paging, "accel": cpu_args[1], "extra_procs": extra_procs,
         "started": time.time(), "cmdline": cmd,

@@ -22,7 +22,8 @@ def _workload_source() -> tuple[bytes, bytes, bytes]:
 
 def _check_busybox() -> None:
     if not BUSYBOX.exists():
-        raise MissingDependency("busybox-static is needed for lab guests: apt-get install busybox-static")
+        raise MissingDependency(
+            "busybox-static is needed for lab guests: apt-get install busybox-static")
     if b"ld-linux" in BUSYBOX.read_bytes()[:8192]:
         raise MissingDependency(f"{BUSYBOX} is dynamically linked: apt-get install busybox-static")
 
@@ -38,7 +39,8 @@ def build(kernel: LabKernel) -> Path:
     if out.exists():
         return out
     if shutil.which("gcc") is None:
-        raise MissingDependency("gcc is needed to build the lab workload: apt-get install gcc libc6-dev")
+        raise MissingDependency(
+            "gcc is needed to build the lab workload: apt-get install gcc libc6-dev")
     if shutil.which("cpio") is None:
         raise MissingDependency("cpio is needed to pack the initramfs: apt-get install cpio")
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,11 +56,12 @@ def build(kernel: LabKernel) -> Path:
                 link.symlink_to("busybox")
         src = Path(tmp) / "workload.c"
         src.write_bytes(source)
-        proc = subprocess.run(["gcc", "-static", "-O2", "-pthread", "-o", str(root / "bin" / "workload"),
-                               str(src)], capture_output=True, text=True)
+        proc = subprocess.run(
+            ["gcc", "-static", "-O2", "-pthread", "-o", str(root / "bin" / "workload"), str(src)],
+            capture_output=True, text=True)
         if proc.returncode != 0:
-            raise MissingDependency(f"building the workload failed (apt-get install gcc libc6-dev): "
-                                    f"{proc.stderr[-1000:]}")
+            raise MissingDependency("building the workload failed (apt-get install gcc "
+                                    f"libc6-dev): {proc.stderr[-1000:]}")
         (root / "init").write_bytes(init)
         (root / "init").chmod(0o755)
         (root / "bin" / "cloudvmi-procview").write_bytes(procview)

@@ -119,5 +119,5 @@ class PhysicalMemory(ABC):
                     i = data.find(needle, i + 1)
                 pos += chunk
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most sources hold nothing to release
         """Release the source (files, maps)."""

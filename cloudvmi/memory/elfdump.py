@@ -12,10 +12,11 @@ from cloudvmi.memory.base import Region
 from cloudvmi.memory.mapped import MappedFileMemory
 
 ELF_MAGIC = b"\x7fELF"
-# QEMU's per-vCPU "QEMU" note (QEMUCPUState): 2 u32, 20 u64 registers, 10 segments of
+# QEMU's per-vCPU "QEMU" note (QEMUCPUState): 2 u32, 18 u64 registers, 10 segments of
 # 24 bytes each, then cr[5] and kernel_gs_base (version 2+).
-_QEMU_REGS = ("rax rbx rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags").split()
-_QEMU_SEGS = ("cs ds es fs gs ss ldt tr gdt idt").split()
+_QEMU_REGS = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11",
+              "r12", "r13", "r14", "r15", "rip", "rflags"]
+_QEMU_SEGS = ["cs", "ds", "es", "fs", "gs", "ss", "ldt", "tr", "gdt", "idt"]
 
 
 @dataclass

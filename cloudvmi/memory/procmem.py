@@ -15,7 +15,8 @@ class ProcessMemory(PhysicalMemory):
         try:
             self._fd = os.open(f"/proc/{pid}/mem", os.O_RDWR if writable else os.O_RDONLY)
         except OSError as exc:
-            raise CloudVMIError(f"cannot open /proc/{pid}/mem (needs root): {exc.strerror}") from exc
+            raise CloudVMIError(
+                f"cannot open /proc/{pid}/mem (needs root): {exc.strerror}") from exc
         self.writable = writable
         super().__init__(regions)
 

@@ -45,7 +45,8 @@ class Record:
             rid = btf.resolve(f.type_id)
             kind = btf.kind(rid)
             size = btf.sizeof(rid)
-            signed = btf.type(rid).is_signed if kind in (Kind.INT, Kind.ENUM, Kind.ENUM64) else False
+            numeric = kind in (Kind.INT, Kind.ENUM, Kind.ENUM64)
+            signed = numeric and btf.type(rid).is_signed
             if f.bit_size:
                 start = f.bit_offset // 8
                 width = (f.bit_offset % 8 + f.bit_size + 7) // 8

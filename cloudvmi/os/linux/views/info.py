@@ -1,5 +1,6 @@
 """The kernel's identity: version, release, command line, uptime, and how it was located."""
 
+import contextlib
 from dataclasses import dataclass, field
 
 from cloudvmi.errors import GuestMemoryError, ProfileError
@@ -70,11 +71,9 @@ def info(kernel: LinuxKernel) -> KernelInfo:
         hostname = cstring(u["nodename"]).decode(errors="replace")
     except (GuestMemoryError, ProfileError, LookupError):
         pass
-    try:
+    with contextlib.suppress(GuestMemoryError, LookupError):
         cmdline = kernel.read_cstring(kernel.read_u64(
             kernel.symbols.lookup("saved_command_line"))).decode(errors="replace")
-    except (GuestMemoryError, LookupError):
-        pass
     return KernelInfo(
         version=kernel.banner, release=release, hostname=hostname, cmdline=cmdline,
         uptime=_uptime(kernel), paging_levels=kernel.levels, text_virtual=kernel.text_virt,
