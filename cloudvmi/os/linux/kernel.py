@@ -158,15 +158,20 @@ def _locate_cold(phys: PhysicalMemory, store: ProfileStore) -> LinuxKernel:
     syms = find_kallsyms(phys)
     t1 = time.perf_counter()
     stats.seconds["kallsyms"] = t1 - t0
-    btf_paddr, btf_size = locate_btf(phys)
-    stats.seconds["find_btf"] = time.perf_counter() - t1
     try:
         text_virt = syms.lookup("_text")
         btf_virt = syms.lookup("__start_BTF")
         banner_virt = syms.lookup("linux_banner")
     except KeyError as exc:
         raise ProfileError(f"kallsyms lacks a symbol every kernel has: {exc}") from exc
-    text_phys = text_virt - (btf_virt - btf_paddr)
+    btf_end = syms.get("__stop_BTF")
+    text_phys = _slot_with(phys, btf_virt - text_virt, banner_virt - text_virt)
+    if text_phys is not None and btf_end:
+        btf_paddr, btf_size = text_phys + btf_virt - text_virt, btf_end - btf_virt
+    else:  # no 2 MiB slot holds both: search RAM for the BTF header instead
+        btf_paddr, btf_size = locate_btf(phys)
+        text_phys = text_virt - (btf_virt - btf_paddr)
+    stats.seconds["find_btf"] = time.perf_counter() - t1
     banner = _read_banner(phys, text_phys + banner_virt - text_virt)
     profile = Profile(
         banner=banner, banner_offset=banner_virt - text_virt, btf_offset=btf_virt - text_virt,
@@ -177,6 +182,21 @@ def _locate_cold(phys: PhysicalMemory, store: ProfileStore) -> LinuxKernel:
     kernel = _finish(phys, profile, blob, text_phys, text_virt, stats)
     store.save(profile, blob)
     return kernel
+
+
+def _slot_with(phys: PhysicalMemory, btf_offset: int, banner_offset: int) -> int | None:
+    """The 2 MiB-aligned load address whose image has BTF and the banner where kallsyms says."""
+    for region in phys.regions():
+        slot = (region.start + SLOT - 1) // SLOT * SLOT
+        while slot + max(btf_offset, banner_offset) + 32 <= region.end:
+            try:
+                if (phys.read(slot + btf_offset, 3) == BTF_MAGIC
+                        and phys.read(slot + banner_offset, 14) == BANNER_PREFIX):
+                    return slot
+            except UnmappedAddress:
+                pass
+            slot += SLOT
+    return None
 
 
 def _read_banner(phys: PhysicalMemory, paddr: int) -> bytes:

@@ -1,0 +1,563 @@
+"""Kernel symbols from the kernel's own compressed kallsyms tables, found in physical memory.
+
+No System.map, debug info or per-version offsets: the tables that back /proc/kallsyms sit in
+the kernel image's .rodata, which is physically contiguous, so they are found by scanning
+guest RAM for the token table and decoded there. scripts/kallsyms.c emits them as
+
+    older (5.10, 6.1):  offsets, relative_base, num_syms, names, markers, [seqs_of_names],
+                        token_table, token_index
+    newer (6.12):       num_syms, names, markers, token_table, token_index, offsets,
+                        relative_base, seqs_of_names
+
+each aligned to 8 bytes, with seqs_of_names absent (5.10), 3 bytes big-endian an entry (Debian's
+6.1, a backport) or 4 bytes. Rather than trusting a version number, every placement is tried
+and the data must prove it: token_index, markers, num_syms, name lengths, sorted addresses.
+
+Memory is treated as hostile: every loop is bounded, every index checked, and anything that
+does not add up is rejected; only ProfileError (never IndexError or a hang) reaches the caller.
+"""
+
+import bisect
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import accumulate, compress
+from operator import eq
+
+from cloudvmi.errors import CloudVMIError, ProfileError
+from cloudvmi.memory.base import PhysicalMemory, Region
+
+# The token table holds every byte value used in a name as its own one-char token, so token
+# indices 0x30..0x39 are "0".."9": ten NUL-terminated digits in a row are a rare, cheap anchor.
+ANCHOR = b"0\x001\x002\x003\x004\x005\x006\x007\x008\x009\x00"
+ANCHOR_INDEX = 0x30
+MAX_SYMS = 1 << 21                  # far above any real kernel (~170k for Debian 6.12)
+MAX_MARKERS = (MAX_SYMS + 255) // 256
+MAX_TOKEN_LEN = 256                 # u16 token_index caps the whole table at 64 KiB anyway
+WINDOW_ENTRY = 2 + 512              # KSYM_NAME_LEN caps a compressed name (and its length)
+MAX_BLOCK = 256 * WINDOW_ENTRY      # bytes of names between two markers
+MAX_NAMES_BYTES = 64 << 20          # all of kallsyms_names (2.3 MiB for Debian 6.12)
+MAX_EXPANDED = 256 << 20            # characters of all names once expanded (4.6 MiB there)
+MAX_PAD = 8                         # tables are aligned to at most 8 bytes (ALGN)
+MAX_ANCHORS = 1 << 14               # anchor hits tried before giving up on a full scan
+MAX_NAME_STARTS = 64                # names-start candidates tried per markers placement
+MAX_SEQS_COUNTS = 8                 # seqs_of_names lengths tried per width
+PHYS_ALIGN = 2 << 20                # x86-64 physical KASLR moves the kernel in 2 MiB steps
+MAX_HINT_PROBES = 4096              # 2 MiB steps tried around a hint before a full scan
+_PRINTABLE = bytes(range(0x21, 0x7F))
+
+
+class _Reject(Exception):
+    """This candidate placement is not a kallsyms table (internal, never escapes).
+
+    STAGE says how far the candidate got, so the error names the most convincing failure.
+    """
+
+    def __init__(self, message: str, stage: int = 0) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+@dataclass
+class Kallsyms:
+    """The decoded symbol table, in table order (sorted by address)."""
+
+    names: list[str]
+    addresses: list[int]
+    types: str
+    table_paddr: int  # physical address of kallsyms_token_table: a hint for the next attach
+    _by_name: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _index(self) -> dict[str, int]:
+        if self._by_name is None:
+            # Reversed so the first (lowest-address) of duplicate names wins, like the kernel.
+            self._by_name = dict(zip(reversed(self.names), reversed(self.addresses),
+                                     strict=True))
+        return self._by_name
+
+    def lookup(self, name: str) -> int:
+        """Address of NAME; KeyError if the kernel has no such symbol."""
+        try:
+            return self._index()[name]
+        except KeyError:
+            raise KeyError(f"kernel symbol {name!r} not found") from None
+
+    def get(self, name: str, default: int | None = None) -> int | None:
+        return self._index().get(name, default)
+
+    def symbolize(self, address: int) -> tuple[str, int] | None:
+        """Nearest symbol at or below ADDRESS and the offset into it; None below the first."""
+        i = bisect.bisect_right(self.addresses, address) - 1
+        if i < 0:
+            return None
+        i = bisect.bisect_left(self.addresses, self.addresses[i], 0, i)  # first alias, as kernel
+        return self.names[i], address - self.addresses[i]
+
+    def to_cache(self) -> dict:
+        """JSON-able; keep table_paddr to pass as the hint on the next attach."""
+        return {"version": 1, "table_paddr": self.table_paddr, "names": list(self.names),
+                "addresses": list(self.addresses), "types": self.types}
+
+    @classmethod
+    def from_cache(cls, d: dict) -> "Kallsyms":
+        """Rebuild from to_cache(); a cache that does not hold together is a ProfileError."""
+        try:
+            names, addresses, types = list(d["names"]), list(d["addresses"]), d["types"]
+            table_paddr = d["table_paddr"]
+            ok = (d.get("version") == 1 and isinstance(types, str) and isinstance(table_paddr, int)
+                  and len(names) == len(addresses) == len(types)
+                  and all(isinstance(n, str) for n in names)
+                  and all(isinstance(a, int) and 0 <= a < 1 << 64 for a in addresses)
+                  and all(a <= b for a, b in zip(addresses, addresses[1:], strict=False)))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ProfileError(f"kallsyms cache is malformed: {exc!r}") from exc
+        if not ok:
+            raise ProfileError("kallsyms cache is malformed")
+        return cls(names, addresses, types, table_paddr)
+
+
+def find_kallsyms(memory: PhysicalMemory, hint: int | None = None) -> Kallsyms:
+    """Find and decode kallsyms in guest RAM; HINT is a table_paddr from an earlier boot."""
+    regions = memory.regions()
+    reasons: list[tuple[int, str]] = []
+    tried: set[int] = set()
+    if hint is not None:
+        for anchor in _anchors_near_hint(memory, regions, hint):
+            tried.add(anchor)
+            found = _try_anchor(memory, regions, anchor, reasons)
+            if found is not None:
+                return found
+    count = 0
+    for anchor in memory.find(ANCHOR):
+        if anchor in tried:
+            continue
+        count += 1
+        if count > MAX_ANCHORS:
+            raise ProfileError(f"kallsyms: gave up after {MAX_ANCHORS} token-table look-alikes "
+                               "(guest memory may be hostile)")
+        found = _try_anchor(memory, regions, anchor, reasons)
+        if found is not None:
+            return found
+    reasons.sort(key=lambda r: -r[0])  # stable: the furthest-got candidates, in scan order
+    detail = f"; closest candidates: {'; '.join(r for _, r in reasons[:3])}" if reasons else ""
+    raise ProfileError(f"kallsyms tables not found in guest memory{detail}")
+
+
+def _anchors_near_hint(memory: PhysicalMemory, regions: list[Region],
+                       hint: int) -> Iterator[int]:
+    """Anchors at the hint and at 2 MiB steps either side of it, nearest first."""
+    span = ANCHOR_INDEX * MAX_TOKEN_LEN + len(ANCHOR)
+    for step in range(MAX_HINT_PROBES):
+        start = hint + (step + 1) // 2 * PHYS_ALIGN * (1 if step % 2 else -1)  # 0, +1, -1, ..
+        region = _region_of(regions, start)
+        if region is None:
+            continue
+        try:
+            data = memory.read(start, min(span, region.end - start))
+        except CloudVMIError:
+            continue
+        i = data.find(ANCHOR)
+        if i >= 0:
+            yield start + i
+
+
+def _region_of(regions: list[Region], address: int) -> Region | None:
+    for r in regions:
+        if r.start <= address < r.end:
+            return r
+    return None
+
+
+def _try_anchor(memory: PhysicalMemory, regions: list[Region], anchor: int,
+                reasons: list[tuple[int, str]]) -> Kallsyms | None:
+    region = _region_of(regions, anchor)
+    if region is None:
+        return None
+    try:
+        return _decode_at(_Span(memory, region), anchor)
+    except _Reject as exc:
+        reasons.append((exc.stage, f"{anchor:#x}: {exc}"))
+        return None
+
+
+class _Span:
+    """Reads confined to the RAM region holding the anchor: .rodata never spans a hole."""
+
+    def __init__(self, memory: PhysicalMemory, region: Region) -> None:
+        self.memory, self.start, self.end = memory, region.start, region.end
+
+    def read(self, address: int, size: int) -> bytes:
+        if size < 0 or address < self.start or address + size > self.end:
+            raise _Reject(f"table would run outside RAM at {address:#x}+{size:#x}")
+        try:
+            data = self.memory.read(address, size)
+        except CloudVMIError as exc:
+            raise _Reject(str(exc)) from exc
+        if len(data) != size:
+            raise _Reject(f"short read at {address:#x}")
+        return data
+
+    def read_back(self, end: int, size: int) -> tuple[int, bytes]:
+        """Up to SIZE bytes ending at END, clipped to the region: (start, data)."""
+        start = max(self.start, end - size)
+        return start, self.read(start, max(0, end - start))
+
+    def zeros(self, address: int, size: int) -> bool:
+        """Whether [address, address+size) is zero padding (False outside the region)."""
+        try:
+            return not self.read(address, size).strip(b"\0")
+        except _Reject:
+            return False
+
+
+@dataclass
+class _Tokens:
+    start: int      # kallsyms_token_table
+    end: int        # one past its last NUL
+    index: int      # kallsyms_token_index
+    tokens: list[str]
+
+
+def _decode_at(span: _Span, anchor: int) -> Kallsyms:
+    tok = _parse_tokens(span, anchor)
+    best = _Reject("token table found, but no kallsyms_markers before it", 1)
+    for mstart, markers, known_n in _markers_candidates(span, tok):
+        if best.stage < 2:
+            best = _Reject(f"no kallsyms_num_syms and kallsyms_names fit the {len(markers)} "
+                           f"kallsyms_markers at {mstart:#x}", 2)
+        for names_start, n, num_syms_at in _names_candidates(span, mstart, markers, known_n, tok):
+            try:
+                names, types = _decode_names(span, names_start, n, mstart, markers, tok.tokens)
+            except _Reject as exc:
+                best = _Reject(f"{n} names at {names_start:#x}: {exc}", 3)
+                continue
+            try:
+                addresses = _find_addresses(span, n, num_syms_at, tok)
+            except _Reject as exc:
+                best = _Reject(f"{n} names at {names_start:#x} decode, but {exc}", 4)
+                continue
+            return Kallsyms(names, addresses, types, tok.start)
+    raise best
+
+
+def _parse_tokens(span: _Span, anchor: int) -> _Tokens:
+    """The token table around ANCHOR, proven by a token_index that matches it entry for entry."""
+    tail = 256 - ANCHOR_INDEX
+    data = span.read(anchor, min(tail * MAX_TOKEN_LEN + MAX_PAD + 512, span.end - anchor))
+    parts = data.split(b"\0", tail)
+    if len(parts) <= tail:
+        raise _Reject("token table has no end")
+    fwd = parts[:tail]
+    if not all(fwd) or b"".join(fwd).translate(None, _PRINTABLE):
+        raise _Reject("token table holds empty or unprintable tokens")
+    end = anchor + sum(map(len, fwd)) + tail
+    # kallsyms_token_index follows the table after at most 7 bytes of zero padding.
+    for pad in range(MAX_PAD):
+        where, rel = end + pad, end + pad - anchor
+        if rel + 512 > len(data) or data[end - anchor:rel].strip(b"\0"):
+            break
+        index = struct.unpack_from("<256H", data, rel)
+        start = anchor - index[ANCHOR_INDEX]
+        if index[0] != 0 or not 0 < anchor - start <= ANCHOR_INDEX * MAX_TOKEN_LEN:
+            continue
+        try:
+            table = span.read(start, end - start)
+        except _Reject:
+            continue
+        toks = table.split(b"\0")
+        if len(toks) != 257 or toks[256] or not all(toks[:256]):
+            continue
+        if tuple(accumulate((len(t) + 1 for t in toks[:255]), initial=0)) != index:
+            continue
+        if table.translate(None, _PRINTABLE + b"\0"):
+            continue
+        return _Tokens(start, end, where, [t.decode("ascii") for t in toks[:256]])
+    raise _Reject("no kallsyms_token_index matches the token table")
+
+
+def _markers_ok(markers: tuple[int, ...] | list[int]) -> bool:
+    """Markers start at 0 and step by one block of 256 names (2 to WINDOW_ENTRY bytes each)."""
+    return bool(markers) and markers[0] == 0 and markers[-1] <= MAX_NAMES_BYTES and all(
+        512 <= b - a <= MAX_BLOCK for a, b in zip(markers, markers[1:], strict=False))
+
+
+def _markers_candidates(span: _Span, tok: _Tokens) -> Iterator[tuple[int, list[int], int | None]]:
+    """(markers start, markers, num_syms if known) for every placement before the token table.
+
+    Markers either end right before the token table or before a seqs_of_names between them.
+    """
+    for pad in range(MAX_PAD):
+        end = tok.start - pad
+        if pad and not span.zeros(end, pad):
+            break
+        markers = _markers_ending_at(span, end)
+        if markers is not None:
+            yield end - 4 * len(markers), markers, None
+    for width in (3, 4):
+        for pad in range(MAX_PAD):
+            end = tok.start - pad
+            if pad and not span.zeros(end, pad):
+                break
+            for n in _permutation_lengths(span, end, width):
+                seqs_start = end - width * n
+                k = (n + 255) // 256
+                for pad2 in range(MAX_PAD):
+                    mend = seqs_start - pad2
+                    if pad2 and not span.zeros(mend, pad2):
+                        break
+                    try:
+                        raw = span.read(mend - 4 * k, 4 * k)
+                    except _Reject:
+                        break
+                    markers = list(struct.unpack(f"<{k}I", raw))
+                    if _markers_ok(markers):
+                        yield mend - 4 * k, markers, n
+
+
+def _markers_ending_at(span: _Span, end: int) -> list[int] | None:
+    """The markers array ending at END: walk back over decreasing blocks down to marker 0."""
+    _, raw = span.read_back(end, 4 * MAX_MARKERS)
+    count = len(raw) // 4
+    if not count:
+        return None
+    words = struct.unpack_from(f"<{count}I", raw, len(raw) - 4 * count)
+    i = count - 1
+    while i > 0 and words[i] != 0:
+        step = words[i] - words[i - 1]
+        if not 512 <= step <= MAX_BLOCK or words[i] > MAX_NAMES_BYTES:
+            return None
+        i -= 1
+    return list(words[i:]) if words[i] == 0 else None
+
+
+def _unpack_seqs(raw: bytes, width: int) -> list[int]:
+    """Entries of seqs_of_names: u32 little-endian, or 3 bytes big-endian (widened in C)."""
+    if width == 3:
+        wide = bytearray(len(raw) // 3 * 4)
+        wide[0::4], wide[1::4], wide[2::4] = raw[2::3], raw[1::3], raw[0::3]
+        raw = bytes(wide)
+    return list(struct.unpack(f"<{len(raw) // 4}I", raw))
+
+
+def _permutation_lengths(span: _Span, end: int, width: int) -> Iterator[int]:
+    """Each N for which the N entries before END are a permutation of range(N) (seqs_of_names).
+
+    Reads backwards in growing chunks; a running maximum (in C) finds the few N where the
+    entries so far could be 0..N-1, and a set confirms. Stops once the maximum passes
+    MAX_SYMS, which garbage does at once.
+    """
+    chunk = 1 << 12
+    seen: set[int] = set()
+    values: list[int] = []  # nearest to END first
+    checked = 0
+    best = -1
+    found = 0
+    while len(values) < MAX_SYMS and best < MAX_SYMS:
+        have = len(values)
+        n = min(chunk, MAX_SYMS - have, (end - width * have - span.start) // width)
+        if n <= 0:
+            return
+        raw = span.read(end - width * (have + n), width * n)
+        new = _unpack_seqs(raw, width)[::-1]
+        running = list(accumulate(new, max, initial=best))[1:]
+        values.extend(new)
+        best = running[-1]
+        for c in compress(range(have + 1, have + n + 1), map(eq, running, range(have, have + n))):
+            seen.update(values[checked:c])
+            checked = c
+            if len(seen) == c:
+                found += 1
+                yield c
+                if found >= MAX_SEQS_COUNTS:
+                    return
+        chunk = min(chunk * 2, 1 << 18)
+
+
+def _names_candidates(span: _Span, mstart: int, markers: list[int], known_n: int | None,
+                      tok: _Tokens) -> Iterator[tuple[int, int, int]]:
+    """(names start, num_syms, where num_syms is) for every u32 count just before a names start.
+
+    kallsyms_num_syms directly precedes kallsyms_names (maybe padded), so the names start is
+    where a plausible count sits 4 or 8 bytes before; the first block must then end exactly at
+    the second marker.
+    """
+    k = len(markers)
+    if known_n is not None:
+        counts = range(known_n, known_n + 1) if 256 * (k - 1) < known_n <= 256 * k else range(0)
+    else:
+        counts = range(256 * (k - 1) + 1, 256 * k + 1)
+    last = markers[-1]
+    hi = mstart - last - 2                       # the last block holds at least one name
+    lo = hi - MAX_BLOCK - MAX_PAD
+    wstart, window = span.read_back(hi, hi - lo + 8)
+    tried = 0
+    # Find counts by their top three bytes: one search per possible value of N >> 8.
+    for top in sorted({c >> 8 for c in (*counts[:1], *counts[-1:])}):
+        needle = struct.pack("<I", top)[:3]
+        at = window.find(needle, 1)
+        while at >= 0:
+            (n,) = struct.unpack_from("<I", window, at - 1)
+            pos = wstart + at - 1
+            at = window.find(needle, at + 1)
+            if n not in counts:
+                continue
+            for gap in (4, 8):
+                start = pos + gap
+                if lo <= start <= hi and (gap == 4 or span.zeros(pos + 4, 4)):
+                    tried += 1
+                    if tried > MAX_NAME_STARTS:
+                        return
+                    if _first_block_fits(span, start, n, mstart, markers):
+                        yield start, n, pos
+
+
+def _entry_span(blob: bytes, pos: int) -> tuple[int, int]:
+    """(first token, end) of the name entry at POS: a ULEB128 length of 1 or 2 bytes."""
+    size = len(blob)
+    if pos >= size:
+        raise _Reject("kallsyms_names runs past its end")
+    length = blob[pos]
+    pos += 1
+    if length & 0x80:
+        if pos >= size or blob[pos] & 0x80:
+            raise _Reject("bad name length in kallsyms_names")
+        length = (length & 0x7F) | blob[pos] << 7
+        pos += 1
+    if not length or pos + length > size:
+        raise _Reject("name entry runs past kallsyms_names")
+    return pos, pos + length
+
+
+def _first_block_fits(span: _Span, start: int, n: int, mstart: int, markers: list[int]) -> bool:
+    block = min(n, 256)
+    target = markers[1] if len(markers) > 1 else None
+    limit = target if target is not None else mstart - start
+    try:
+        blob = span.read(start, min(limit, mstart - start))
+        pos = 0
+        for _ in range(block):
+            pos = _entry_span(blob, pos)[1]
+    except _Reject:
+        return False
+    if target is not None:
+        return pos == target
+    return 0 <= mstart - (start + pos) < MAX_PAD
+
+
+def _decode_names(span: _Span, start: int, n: int, mstart: int, markers: list[int],
+                  tokens: list[str]) -> tuple[list[str], str]:
+    """Expand all N names; each block of 256 must start at its marker, the last end at mstart.
+
+    The hot loop leans on exceptions and the marker checks instead of testing every entry: a
+    bad length shows up as a block that misses its marker, an empty name, or a run past the
+    end (IndexError, turned into a rejection here).
+    """
+    blob = span.read(start, mstart - start)
+    if len(blob) * max(map(len, tokens)) > MAX_EXPANDED and sum(
+            blob.translate(bytes(min(len(t), 255) for t in tokens))) > MAX_EXPANDED:
+        raise _Reject("kallsyms_names would expand past any real kernel's")
+    full: list[str] = []
+    append = full.append
+    join = "".join
+    tok = tokens.__getitem__
+    pos = 0
+    try:
+        for k, marker in enumerate(markers):
+            if pos != marker:
+                raise _Reject(f"kallsyms_markers[{k}] does not match kallsyms_names")
+            for _ in range(min(256, n - 256 * k)):
+                length = blob[pos]
+                if length & 0x80:
+                    pos, end = _entry_span(blob, pos)
+                else:
+                    pos += 1
+                    end = pos + length
+                append(join(map(tok, blob[pos:end])))
+                pos = end
+    except IndexError:
+        raise _Reject("kallsyms_names runs past its end") from None
+    size = len(blob)
+    if not 0 <= size - pos < MAX_PAD or blob[pos:].strip(b"\0"):
+        raise _Reject("kallsyms_names does not end at kallsyms_markers")
+    types = join([s[0] for s in full if s])
+    if len(types) != n or not (types.isascii() and types.isalpha()):
+        raise _Reject("symbol types are not letters")
+    names = [s[1:] for s in full]
+    if not all(names):
+        raise _Reject("empty symbol name")
+    return names, types
+
+
+def _find_addresses(span: _Span, n: int, num_syms_at: int, tok: _Tokens) -> list[int]:
+    """kallsyms_offsets + kallsyms_relative_base: before num_syms (old) or after token_index."""
+    last = "no kallsyms_offsets placement decodes to sorted addresses"
+    for start, base_at in _offsets_places(span, n, num_syms_at, tok.index + 512):
+        try:
+            raw = span.read(start, 4 * n)
+            (base,) = struct.unpack("<Q", span.read(base_at, 8))
+        except _Reject as exc:
+            last = str(exc)
+            continue
+        if base >> 56 != 0xFF:  # a kernel virtual address, so not padding or a torn read
+            last = f"kallsyms_relative_base {base:#x} is not a kernel address"
+            continue
+        addresses = _addresses(struct.unpack(f"<{n}i", raw), base)
+        if addresses is not None:
+            return addresses
+    raise _Reject(last)
+
+
+def _offsets_places(span: _Span, n: int, num_syms_at: int,
+                    after_index: int) -> list[tuple[int, int]]:
+    """(offsets start, relative_base address) pairs, zero padding allowed between tables.
+
+    The 8-byte aligned relative_base (ALGN) comes first; the rest cover unaligned builds.
+    """
+    places = []
+    base_at = num_syms_at - 8  # old order: offsets, pad, relative_base, num_syms
+    for pad in range(MAX_PAD):
+        if pad and not span.zeros(base_at - pad, pad):
+            break
+        places.append((base_at - pad - 4 * n, base_at))
+    for pad in range(MAX_PAD):  # new order: token_index, pad, offsets, pad, relative_base
+        if pad and not span.zeros(after_index, pad):
+            break
+        start = after_index + pad
+        for pad2 in range(MAX_PAD):
+            if pad2 and not span.zeros(start + 4 * n, pad2):
+                break
+            places.append((start, start + 4 * n + pad2))
+    return sorted(places, key=lambda p: p[1] % 8 != 0)  # stable: smallest padding first
+
+
+def _sorted(values: list[int]) -> bool:
+    return values == sorted(values)  # timsort checks an already sorted list in one C pass
+
+
+def _addresses(offsets: tuple[int, ...], base: int) -> list[int] | None:
+    """Decode base-relative offsets; the table is sorted by address, which picks the encoding.
+
+    Plain: base + (u32)offset, where base is the first symbol (offset 0). Absolute per-cpu:
+    offsets >= 0 are absolute (per-cpu symbols, first), negative ones are base - 1 - offset.
+    """
+    if not offsets or base == 0:
+        return None
+    negative = next((i for i, o in enumerate(offsets) if o < 0), len(offsets))
+    if negative < len(offsets) and offsets[negative] == -1 and _sorted(
+            list(offsets[:negative])):
+        tail = offsets[negative:]
+        if max(tail) < 0 and base - 1 - tail[-1] < 1 << 64:
+            absolute = list(offsets[:negative])
+            relative = [base - 1 - o for o in tail]
+            if _sorted(relative) and (not absolute or absolute[-1] <= relative[0]):
+                return absolute + relative
+    if offsets[0] == 0:
+        unsigned = [o & 0xFFFFFFFF for o in offsets[:256]]
+        if _sorted(unsigned):
+            unsigned = [o & 0xFFFFFFFF for o in offsets]
+            if base + unsigned[-1] < 1 << 64 and _sorted(unsigned):
+                return [base + o for o in unsigned]
+    return None
