@@ -3,7 +3,6 @@
 import random
 import struct
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,6 @@ from cloudvmi.os.linux.btf import (
     load_btf,
     locate_btf,
 )
-
-DUMPS = Path("/tmp/cvmi-dumps")
 
 
 class BtfEncoder:
@@ -430,10 +427,8 @@ EXPECTED_61 = {"tasks": 2192, "pid": 2416, "comm": 2976, "mm": 2272}  # pahole, 
 
 
 @pytest.mark.parametrize("version", ["5.10", "6.1", "6.12"])
-def test_real_dump(version, capsys):
-    path = DUMPS / f"{version}.raw"
-    if not path.exists():
-        pytest.skip(f"{path} absent")
+def test_real_dump(version, capsys, guest_images):
+    path = guest_images(version) / f"{version}.raw"
     from cloudvmi.memory.mapped import MappedFileMemory
 
     mem = MappedFileMemory(path)

@@ -5,12 +5,10 @@ import os
 import shutil
 import struct
 import time
-import uuid
 
 import pytest
 
 from cloudvmi.errors import CloudVMIError
-from cloudvmi.lab import guest as lab
 from cloudvmi.memory.mapped import MappedFileMemory
 from cloudvmi.os.linux import kernel as kernel_mod
 from cloudvmi.os.linux.views.processes import TaskReader, processes
@@ -20,24 +18,15 @@ BOUND = 10.0  # seconds any hostile case may take
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
+def images(guest_images):
     """A raw RAM image and an ELF dump of one real paused 6.1 guest."""
-    out = tmp_path_factory.mktemp("hostile")
-    g = lab.up(f"hs{uuid.uuid4().hex[:6]}", kernel="6.1")
-    try:
-        with attach(g.name, profile_cache=None) as vm:
-            vm.pause()
-            shutil.copyfile(g.shm_path, out / "ram.raw")
-            vm.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{out / 'ram.elf'}")
-    finally:
-        lab.down(g.name)
-    return out
+    return guest_images("6.1")
 
 
 @pytest.fixture
 def raw_copy(images, tmp_path):
     path = tmp_path / "ram.raw"
-    shutil.copyfile(images / "ram.raw", path)
+    shutil.copyfile(images / "6.1.raw", path)
     return path
 
 
@@ -129,7 +118,7 @@ def test_random_memory_is_not_a_kernel(tmp_path):
 
 @pytest.mark.parametrize("fraction", [0.0001, 0.3, 0.75, 0.999])
 def test_truncated_dump(images, tmp_path, fraction):
-    full = images / "ram.elf"
+    full = images / "6.1.elf"
     cut = tmp_path / "cut.elf"
     size = int(full.stat().st_size * fraction)
     with open(full, "rb") as src, open(cut, "wb") as dst:

@@ -1,7 +1,6 @@
 """kallsyms discovery: synthetic tables in every layout, hostile tables, and real guest dumps."""
 
 import contextlib
-import os
 import random
 import struct
 import time
@@ -15,7 +14,6 @@ from cloudvmi.errors import ProfileError
 from cloudvmi.memory.base import PhysicalMemory, Region
 from cloudvmi.os.linux.kallsyms import ANCHOR, Kallsyms, find_kallsyms
 
-DUMPS = Path(os.environ.get("CLOUDVMI_DUMPS", "/tmp/cvmi-dumps"))
 KBASE = 0xFFFFFFFF9A000000  # a KASLR-slid _text
 OLD = ["offsets", "relative_base", "num_syms", "names", "markers", "seqs", "token_table",
        "token_index"]
@@ -352,18 +350,10 @@ def test_random_corruption_never_escapes_as_another_error():
 
 # --- real guest dumps ------------------------------------------------------------------------
 
-def _dump(ver: str, kind: str) -> Path:
-    path = DUMPS / f"{ver}.{kind}"
-    if not (path.exists() and os.access(path, os.R_OK)
-            and (DUMPS / f"{ver}.kallsyms").exists()):
-        pytest.skip(f"no readable {path}")
-    return path
-
-
-def _truth(ver: str) -> list[tuple[int, str, str]]:
+def _truth(images: Path, ver: str) -> list[tuple[int, str, str]]:
     """The guest's /proc/kallsyms without module symbols (they live outside the vmlinux table)."""
     out = []
-    for line in (DUMPS / f"{ver}.kallsyms").read_text().splitlines():
+    for line in (images / f"{ver}.kallsyms").read_text().splitlines():
         parts = line.split()
         if len(parts) == 3:
             out.append((int(parts[0], 16), parts[1], parts[2]))
@@ -377,12 +367,12 @@ def _compare(found: Kallsyms, truth) -> None:
     assert got == truth  # same order too: /proc/kallsyms walks the table in order
 
 
-@pytest.mark.skipif(not DUMPS.is_dir(), reason="no guest dumps in " + str(DUMPS))
 @pytest.mark.parametrize("ver", ["5.10", "6.1", "6.12"])
-def test_real_dumps_match_proc_kallsyms(ver):
+def test_real_dumps_match_proc_kallsyms(ver, guest_images):
     from cloudvmi.memory.mapped import MappedFileMemory
 
-    mem = MappedFileMemory(_dump(ver, "raw"))
+    images = guest_images(ver)
+    mem = MappedFileMemory(images / f"{ver}.raw")
     try:
         start = time.perf_counter()
         found = find_kallsyms(mem)
@@ -392,22 +382,23 @@ def test_real_dumps_match_proc_kallsyms(ver):
         decode = time.perf_counter() - start
         print(f"\n{ver}: {len(found)} symbols, scan+decode {cold:.3f}s, "
               f"decode with hint {decode:.3f}s")
-        _compare(found, _truth(ver))
+        truth = _truth(images, ver)
+        _compare(found, truth)
         assert warm == found
-        assert found.lookup("init_task") == dict((n, a) for a, _, n in _truth(ver)
+        assert found.lookup("init_task") == dict((n, a) for a, _, n in truth
                                                  if n == "init_task")["init_task"]
         assert found.symbolize(found.lookup("schedule") + 0x10) == ("schedule", 0x10)
     finally:
         mem.close()
 
 
-@pytest.mark.skipif(not DUMPS.is_dir(), reason="no guest dumps in " + str(DUMPS))
 @pytest.mark.parametrize("ver", ["5.10", "6.1", "6.12"])
-def test_real_elf_dumps(ver):
+def test_real_elf_dumps(ver, guest_images):
     from cloudvmi.memory.elfdump import open_elf_dump
 
-    mem, _ = open_elf_dump(_dump(ver, "elf"))
+    images = guest_images(ver)
+    mem, _ = open_elf_dump(images / f"{ver}.elf")
     try:
-        _compare(find_kallsyms(mem), _truth(ver))
+        _compare(find_kallsyms(mem), _truth(images, ver))
     finally:
         mem.close()

@@ -2,7 +2,6 @@
 
 import struct
 import time
-from pathlib import Path
 
 import pytest
 from test_btf import kernel_like
@@ -19,7 +18,6 @@ from cloudvmi.os.linux.objects import (
 )
 
 BASE = 0xFFFF888000000000
-DUMPS = Path("/tmp/cvmi-dumps")
 
 
 class FakeSpace:
@@ -259,10 +257,9 @@ class KernelSpace:
 
 
 @pytest.mark.parametrize("version", ["5.10", "6.1", "6.12"])
-def test_real_task_list(version, capsys):
-    raw, syms_path, ps = (DUMPS / f"{version}.{x}" for x in ("raw", "kallsyms", "ps"))
-    if not (raw.exists() and syms_path.exists()):
-        pytest.skip(f"{raw} or {syms_path} absent")
+def test_real_task_list(version, capsys, guest_images):
+    images = guest_images(version)
+    raw, syms_path, ps = (images / f"{version}.{x}" for x in ("raw", "kallsyms", "ps"))
     from cloudvmi.memory.mapped import MappedFileMemory
 
     syms: dict[str, int] = {}
