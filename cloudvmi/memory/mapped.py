@@ -1,11 +1,12 @@
 """Memory sources that are files we can mmap: QEMU's shm RAM file, raw dumps, ELF dumps."""
 
+import contextlib
 import mmap
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from cloudvmi.errors import CloudVMIError
+from cloudvmi.errors import CloudVMIError, UnmappedAddress
 from cloudvmi.memory.base import PhysicalMemory, Region
 
 
@@ -40,6 +41,18 @@ class MappedFileMemory(PhysicalMemory):
                     f"{self.path} is truncated: RAM at {r.start:#x} needs {r.offset + r.size} "
                     f"bytes of file, it has {size}")
         super().__init__(regions)
+
+        self._last = self.map.regions[0]
+
+    def read(self, address: int, size: int) -> bytes:
+        """The hot path: a read inside the region last used is one slice of the map."""
+        r = self._last
+        if r.start <= address and address + size <= r.start + r.size and size >= 0:
+            offset = r.offset + address - r.start
+            return self._mm[offset:offset + size]
+        with contextlib.suppress(UnmappedAddress):
+            self._last = self.map.find(address)
+        return super().read(address, size)
 
     def _read_at(self, offset: int, size: int) -> bytes:
         return self._mm[offset:offset + size]
