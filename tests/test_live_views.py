@@ -74,9 +74,9 @@ def test_threads_equal_guest_proc(live):
     assert mine.partial is None
     by_process: dict[int, dict[int, str]] = {}
     for t in mine.items:
-        by_process.setdefault(t.tgid, {})[t.tid] = t.comm
+        by_process.setdefault(t.tgid, {})[t.tid] = _stable(t.comm)
     for pid, want in theirs.items():
-        assert by_process.get(pid) == want.threads, pid
+        assert by_process.get(pid) == {tid: _stable(c) for tid, c in want.threads.items()}, pid
     workload = next(p for p in theirs.values() if p.cmdline[:2] == ["/bin/workload", "threads"])
     assert sorted(by_process[workload.pid].values()) == [
         "wl-thread-0", "wl-thread-1", "wl-thread-2", "workload"]
