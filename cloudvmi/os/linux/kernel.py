@@ -48,7 +48,7 @@ class LinuxKernel:
         self.stats = stats
         self.symbols = Kallsyms(
             names=profile.names,
-            addresses=[text_virt + off for off in profile.offsets],
+            addresses=profile.addresses(text_virt),
             types=profile.types,
             table_paddr=0,
         )
@@ -173,10 +173,10 @@ def _locate_cold(phys: PhysicalMemory, store: ProfileStore) -> LinuxKernel:
         text_phys = text_virt - (btf_virt - btf_paddr)
     stats.seconds["find_btf"] = time.perf_counter() - t1
     banner = _read_banner(phys, text_phys + banner_virt - text_virt)
-    profile = Profile(
+    profile = Profile.from_symbols(
         banner=banner, banner_offset=banner_virt - text_virt, btf_offset=btf_virt - text_virt,
-        btf_size=btf_size, names=syms.names,
-        offsets=[a - text_virt for a in syms.addresses], types=syms.types,
+        btf_size=btf_size, names=syms.names, addresses=syms.addresses, types=syms.types,
+        text_virt=text_virt,
     )
     blob = phys.read(btf_paddr, btf_size)
     kernel = _finish(phys, profile, blob, text_phys, text_virt, stats)

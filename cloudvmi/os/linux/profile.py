@@ -12,6 +12,8 @@ from pathlib import Path
 
 from cloudvmi.errors import ProfileError
 
+KERNEL_SPACE = 0xFFFF_8000_0000_0000  # addresses below this are not slid kernel addresses
+
 
 @dataclass
 class Profile:
@@ -20,8 +22,25 @@ class Profile:
     btf_offset: int  # __start_BTF - _text
     btf_size: int
     names: list[str]
-    offsets: list[int]  # symbol address - _text (negative for per-CPU symbols etc.)
+    offsets: list[int]  # symbol address - _text, except for the absolute ones
     types: str
+    absolute: list[int]  # indices of symbols that do not move with KASLR (per-CPU offsets)
+
+    @classmethod
+    def from_symbols(cls, banner: bytes, banner_offset: int, btf_offset: int, btf_size: int,
+                     names: list[str], addresses: list[int], types: str,
+                     text_virt: int) -> "Profile":
+        absolute = [i for i, a in enumerate(addresses) if a < KERNEL_SPACE]
+        fixed = set(absolute)
+        offsets = [a if i in fixed else a - text_virt for i, a in enumerate(addresses)]
+        return cls(banner, banner_offset, btf_offset, btf_size, names, offsets, types, absolute)
+
+    def addresses(self, text_virt: int) -> list[int]:
+        """Symbol addresses for a boot whose _text is at TEXT_VIRT."""
+        out = [text_virt + off for off in self.offsets]
+        for i in self.absolute:
+            out[i] = self.offsets[i]
+        return out
 
     @property
     def key(self) -> str:
@@ -32,6 +51,7 @@ class Profile:
             "banner": self.banner.decode("latin-1"), "banner_offset": self.banner_offset,
             "btf_offset": self.btf_offset, "btf_size": self.btf_size,
             "names": self.names, "offsets": self.offsets, "types": self.types,
+            "absolute": self.absolute,
         }
 
     @classmethod
@@ -41,7 +61,7 @@ class Profile:
                 banner=data["banner"].encode("latin-1"), banner_offset=int(data["banner_offset"]),
                 btf_offset=int(data["btf_offset"]), btf_size=int(data["btf_size"]),
                 names=list(data["names"]), offsets=[int(x) for x in data["offsets"]],
-                types=str(data["types"]),
+                types=str(data["types"]), absolute=[int(x) for x in data["absolute"]],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProfileError(f"corrupt cached profile: {exc}") from exc
