@@ -339,9 +339,10 @@ class Injector:
         self.gdb.write_registers(target.saved)
         now = self.gdb.read_registers()
         changed = {k: (v, now[k]) for k, v in target.saved.items() if now[k] != v}
+        self.kernel.invalidate()
         if changed:
             raise InjectionError(f"registers not restored: {changed}")
-        self.kernel.invalidate()
+        self.gdb.cont()
 
 
 def find_syscall_instruction(image: bytes) -> int:
