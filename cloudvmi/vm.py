@@ -24,13 +24,17 @@ class VM:
     """A guest we introspect: physical memory, optional QMP control, and its Linux kernel."""
 
     def __init__(self, name: str, phys: PhysicalMemory, qmp: QMP | None = None,
-                 dump: DumpInfo | None = None, profile_cache: Path | None = None) -> None:
+                 dump: DumpInfo | None = None, profile_cache: Path | None = None,
+                 gdb_address: tuple[str, int] | None = None) -> None:
         self.name = name
         self.phys = phys
         self.qmp = qmp
         self.dump = dump
         self.profile_cache = profile_cache
+        self.gdb_address = gdb_address
         self._linux = None
+        self._gdb = None
+        self._guest = None
 
     @property
     def live(self) -> bool:
@@ -45,6 +49,34 @@ class VM:
             self._linux = Linux(self.phys, self.profile_cache, live=self.live,
                                 snapshot=self.snapshot)
         return self._linux
+
+    @property
+    def guest(self):
+        """Changes made inside the guest by system calls run in a hijacked guest thread:
+        `vm.guest.kill(pid)`, `.read_file(path)`, `.write_file(path, data)`, `.run(argv)`..."""
+        if self._guest is None:
+            from cloudvmi.control.gdbserver import ensure_gdbstub
+            from cloudvmi.control.gdbstub import GDBStub
+            from cloudvmi.write.injector import Injector
+            from cloudvmi.write.operations import GuestOps
+
+            if self.qmp is None:
+                raise CloudVMIError(f"{self.name} is not a running VM: nothing to change")
+            if not self.phys.writable:
+                raise CloudVMIError("attach with writable=True to change the guest")
+            self._check_running()  # connecting would stop it, and closing would resume it
+            host, port = self.gdb_address or ensure_gdbstub(self.qmp)
+            self._gdb = GDBStub.connect(host, port)
+            self._gdb.cont()  # connecting stopped the VM; an operation stops it when it must
+            injector = Injector(self.linux.kernel, self._gdb, before_hijack=self._check_running)
+            self._guest = GuestOps(injector)
+        return self._guest
+
+    def _check_running(self) -> None:
+        status = self.qmp.execute("query-status")
+        if status["status"] not in ("running", "debug"):
+            raise CloudVMIError(f"{self.name} is {status['status']} (paused by someone else): "
+                                "resume it first; CloudVMI will not run it behind their back")
 
     # -- control ---------------------------------------------------------------------------
     def running(self) -> bool:
@@ -77,7 +109,36 @@ class VM:
     def write_physical(self, address: int, data: bytes) -> None:
         self.phys.write(address, data)
 
+    def _space(self, pid: int | None):
+        kernel = self.linux.kernel
+        if pid is None:
+            return kernel.space
+        from cloudvmi.os.linux.views.processes import TaskReader
+
+        reader = TaskReader(kernel)
+        for p in self.linux.processes().items:
+            if p.pid == pid:
+                mm = reader.task.read(kernel, p.address)["mm"]
+                if not mm:
+                    raise CloudVMIError(f"process {pid} is a kernel thread: no user memory")
+                return kernel.user_space(reader.mm.read(kernel, mm)["pgd"])
+        raise CloudVMIError(f"no process {pid} in {self.name}")
+
+    def read_virtual(self, address: int, size: int, pid: int | None = None) -> bytes:
+        """Read guest-virtual memory: the kernel's, or process PID's."""
+        return self._space(pid).read(address, size)
+
+    def write_virtual(self, address: int, data: bytes, pid: int | None = None) -> None:
+        """Write guest-virtual memory directly (no syscall): only pages already present."""
+        if not self.phys.writable:
+            raise CloudVMIError("attach with writable=True to write guest memory")
+        with self.snapshot():
+            self._space(pid).write(address, data)
+
     def close(self) -> None:
+        if self._gdb is not None:
+            self._gdb.close()
+            self._gdb = None
         if self.qmp:
             self.qmp.close()
         self.phys.close()
@@ -111,10 +172,12 @@ def attach(target: str, writable: bool = False, profile_cache: Path | None | str
         raise CloudVMIError(f"{target!r} is not a lab guest, a QMP socket or a dump file") from None
     if not g.running():
         raise CloudVMIError(f"lab guest {target!r} is not running")
-    return _attach_qmp(str(g.qmp_path), target, writable, cache)
+    return _attach_qmp(str(g.qmp_path), target, writable, cache,
+                       ("127.0.0.1", g.gdb_port))
 
 
-def _attach_qmp(socket_path: str, name: str, writable: bool, cache: Path | None) -> VM:
+def _attach_qmp(socket_path: str, name: str, writable: bool, cache: Path | None,
+                gdb_address: tuple[str, int] | None = None) -> VM:
     qmp = QMP(socket_path)
     try:
         _, regions = parse_mtree(qmp.hmp("info mtree -f"))
@@ -126,7 +189,7 @@ def _attach_qmp(socket_path: str, name: str, writable: bool, cache: Path | None)
     except BaseException:
         qmp.close()
         raise
-    return VM(name, phys, qmp=qmp, profile_cache=cache)
+    return VM(name, phys, qmp=qmp, profile_cache=cache, gdb_address=gdb_address)
 
 
 def _attach_dump(path: Path, cache: Path | None) -> VM:

@@ -123,9 +123,12 @@ def _caption(result) -> str | None:
     return None
 
 
-from cloudvmi.cli import lab as _lab  # noqa: E402  (registers the `lab` group)
+from cloudvmi.cli import lab as _lab  # noqa: E402
+from cloudvmi.cli import ops as _ops  # noqa: E402
 
 main.add_command(_lab.lab)
+for _command in _ops.COMMANDS:
+    main.add_command(_command)
 
 if __name__ == "__main__":
     main()

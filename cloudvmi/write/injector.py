@@ -64,6 +64,12 @@ class Target:
     cr3: int  # page-table root (PCID and PTI bits masked)
     pgd: int  # mm->pgd (direct-map virtual)
     saved: dict[str, int]
+    parked: bool = True  # stopped on its vCPU at our breakpoint (else: inside a syscall)
+    dead: bool = False  # the process exited while we held it
+
+    @property
+    def usable(self) -> bool:
+        return self.parked and not self.dead
 
 
 def _root(cr3: int) -> int:
@@ -75,8 +81,9 @@ class Injector:
     """Run system calls in a guest. Use as a context manager: hijack(), calls, release()."""
 
     def __init__(self, kernel: LinuxKernel, gdb: GDBStub, timeout: float = 10.0,
-                 require_root: bool = True) -> None:
+                 require_root: bool = True, before_hijack=None) -> None:
         self.kernel = kernel
+        self.before_hijack = before_hijack  # e.g. refuse a VM that someone else paused
         self.gdb = gdb
         self.timeout = timeout
         self.require_root = require_root
@@ -116,7 +123,7 @@ class Injector:
             return None
         if t["flags"] & PF_KTHREAD or not t["mm"] or t["exit_state"]:
             return None
-        if pid is not None:
+        if pid is not None:  # the caller chose it: its identity is the caller's business
             return t if t["tgid"] == pid else None
         if t["tgid"] == 1:  # never init: a mistake there would bring the guest down
             return None
@@ -132,6 +139,8 @@ class Injector:
         """Stop the VM with a thread of a suitable process (or of PID) in user mode."""
         if self.target is not None:
             return self.target
+        if self.before_hijack is not None:
+            self.before_hijack()
         deadline = time.monotonic() + self.timeout
         for attempt in range(TRY_USER_MODE):
             self.gdb.interrupt()
@@ -237,21 +246,27 @@ class Injector:
         except GuestMemoryError:
             alive = False
         if not alive:
+            target.dead = True
             raise TargetExited(f"process {target.tgid} exited during the injection")
 
     def _execute(self, rip: int, stop_at: int, regs: dict[str, int]) -> dict[str, int]:
         """Run the hijacked thread from RIP with REGS until it reaches STOP_AT."""
         target = self.target
         assert target is not None
+        if not target.usable:
+            raise InjectionError(f"process {target.tgid} is no longer held at a safe point")
         if target.thread is not None and self.gdb.thread != target.thread:
             self.gdb.select(target.thread)
         self.gdb.write_registers({**regs, "rip": rip})
         deadline = time.monotonic() + self.timeout
         self.gdb.add_breakpoint(stop_at)
+        target.parked = False
         try:
             while True:
                 _, out = self._run_until(stop_at, deadline, "the injected code to finish")
                 if _root(out["cr3"]) == target.cr3 and self._task_of(out) == target.task:
+                    target.parked = True
+                    target.thread = self.gdb.thread
                     return out
                 self._step_over(stop_at)
         finally:
@@ -334,6 +349,13 @@ class Injector:
         target, self.target = self.target, None
         if target is None:
             return
+        if target.dead:
+            self.kernel.invalidate()
+            self.gdb.cont()
+            return
+        if not target.parked:
+            self._restore_in_flight(target)
+            return
         if target.thread is not None and self.gdb.thread != target.thread:
             self.gdb.select(target.thread)
         self.gdb.write_registers(target.saved)
@@ -343,6 +365,40 @@ class Injector:
         if changed:
             raise InjectionError(f"registers not restored: {changed}")
         self.gdb.cont()
+
+
+    def _restore_in_flight(self, target: Target) -> None:
+        """The thread is inside an injected syscall that did not finish in time: put its own
+        registers into the user frame its syscall will return through (pt_regs on its kernel
+        stack), so it resumes where it was. Only RAX is lost: it gets that syscall's result."""
+        self.kernel.invalidate()
+        try:
+            t = Record(self.kernel.btf, "task_struct", {"stack": "stack"}).read(
+                self.kernel, target.task)
+            regs = Record(self.kernel.btf, "pt_regs", {n: n for n in PT_REGS.values()})
+            frame = t["stack"] + THREAD_SIZE - regs.size
+            current = regs.read(self.kernel, frame)
+            if current["cs"] & 3 != 3:
+                raise InjectionError("no user frame on its kernel stack")
+            for gdb_name, field in PT_REGS.items():
+                if gdb_name in ("cs", "ss"):
+                    continue
+                value = target.saved[gdb_name]
+                self.kernel.space.write(frame + regs.offset(field), struct.pack("<Q", value))
+        except (GuestMemoryError, InjectionError, KeyError) as exc:
+            raise InjectionError(f"process {target.tgid} is still inside an injected system "
+                                 f"call and its registers could not be restored: {exc}") from exc
+        finally:
+            with suppress(GDBStubError):
+                self.gdb.cont()
+
+
+# gdb register name -> struct pt_regs member (x86-64)
+PT_REGS = {"r15": "r15", "r14": "r14", "r13": "r13", "r12": "r12", "rbp": "bp", "rbx": "bx",
+           "r11": "r11", "r10": "r10", "r9": "r9", "r8": "r8", "rax": "ax", "rcx": "cx",
+           "rdx": "dx", "rsi": "si", "rdi": "di", "rip": "ip", "eflags": "flags", "rsp": "sp",
+           "cs": "cs", "ss": "ss"}
+THREAD_SIZE = 16 * 1024  # x86-64 kernel stacks (THREAD_SIZE_ORDER 2, no KASAN)
 
 
 def find_syscall_instruction(image: bytes) -> int:

@@ -81,16 +81,21 @@ def _path(p: str) -> bytes:
 class GuestOps:
     """What can be changed in a guest from outside, with no agent inside."""
 
-    def __init__(self, injector: Injector) -> None:
+    def __init__(self, injector: Injector, pid: int | None = None) -> None:
         self.injector = injector
+        self.pid = pid  # the process whose thread is hijacked; None: any suitable root one
+
+    def as_process(self, pid: int) -> "GuestOps":
+        """The same operations, run in process PID (with its identity and permissions)."""
+        return GuestOps(self.injector, pid)
 
     def _session(self, data_size: int = 64 * PAGE) -> GuestSession:
-        return GuestSession(self.injector, data_size)
+        return GuestSession(self.injector, data_size, self.pid)
 
     # -- processes --------------------------------------------------------------------------
     def kill(self, pid: int, sig: int = 15) -> None:
         inj = self.injector
-        inj.hijack()
+        inj.hijack(self.pid)
         try:
             check(inj.syscall(NR["kill"], pid, sig), f"kill({pid}, {sig})")
         finally:

@@ -38,9 +38,9 @@ class GuestSession:
     def _undo(self) -> None:
         inj = self.injector
         try:
-            if self.base:
+            if self.base and inj.target is not None and inj.target.usable:
                 inj.unmap_scratch(self.base, self.size)
-                self.base = 0
+            self.base = 0
         finally:
             inj.release()
 

@@ -26,6 +26,9 @@ sh -c 'sleep 0 & exec sleep 3000000' &
 /bin/workload threads 3 &
 /bin/workload files /run/held &
 /bin/workload listen 8080 &
+# Processes that check their own state (a counter and the clock) for writable-VMI tests.
+/bin/workload counter >/tmp/counter.log 2>&1 &
+/bin/workload user 1000 >/tmp/user.log 2>&1 &
 # A busy loop, at the lowest priority so the console stays responsive.
 sh -c 'while :; do :; done' busy &
 renice -n 19 -p $! >/dev/null

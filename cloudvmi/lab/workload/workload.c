@@ -3,6 +3,7 @@
  *   workload files DIR    a process holding open files in DIR
  *   workload listen PORT  a process with a listening TCP socket on PORT
  *   workload counter      prints a counter every 100 ms and checks time never jumps back
+ *   workload user UID     the counter, run as UID (a process without root's rights)
  */
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -93,6 +94,11 @@ int main(int argc, char **argv)
 		return listen_on(atoi(argv[2]));
 	if (argc >= 2 && !strcmp(argv[1], "counter"))
 		return counter();
-	fprintf(stderr, "usage: workload threads N | files DIR | listen PORT | counter\n");
+	if (argc >= 3 && !strcmp(argv[1], "user")) {
+		if (setgid(atoi(argv[2])) || setuid(atoi(argv[2])))
+			return 1;
+		return counter();
+	}
+	fprintf(stderr, "usage: workload threads N | files DIR | listen PORT | counter | user UID\n");
 	return 64;
 }
