@@ -9,6 +9,7 @@ from cloudvmi.memory.base import PhysicalMemory
 PAGE = 4096
 ADDR_MASK = 0x000F_FFFF_FFFF_F000
 PRESENT = 1
+RW = 1 << 1
 HUGE = 1 << 7
 _U64 = struct.Struct("<Q")
 
@@ -20,6 +21,7 @@ class Mapping:
     vbase: int
     pbase: int
     size: int
+    writable: bool = True  # RW set at every level: not read-only, not copy-on-write
 
 
 class TranslationCache:
@@ -63,6 +65,7 @@ class AddressSpace:
         table = self.root
         shift = 48 if self.levels == 5 else 39
         read = self.phys.read
+        writable = True
         while True:
             index = (vaddr >> shift) & 0x1FF
             try:
@@ -71,10 +74,11 @@ class AddressSpace:
                 raise UnmappedAddress(vaddr, "virtual address (page table outside RAM)") from exc
             if not entry & PRESENT:
                 raise UnmappedAddress(vaddr, "virtual address")
+            writable = writable and bool(entry & RW)
             if shift == 12 or (shift in (21, 30) and entry & HUGE):
                 size = 1 << shift
                 pbase = entry & ADDR_MASK & ~(size - 1)
-                return Mapping(vaddr & ~(size - 1) & ((1 << 64) - 1), pbase, size)
+                return Mapping(vaddr & ~(size - 1) & ((1 << 64) - 1), pbase, size, writable)
             table = entry & ADDR_MASK
             shift -= 9
 
@@ -95,7 +99,8 @@ class AddressSpace:
         if mapping.size == PAGE:
             cache.entries[page] = mapping
         else:  # cache the 4 KiB slice of a huge page; lookups of neighbours hit the walk once each
-            cache.entries[page] = Mapping(page, mapping.pbase + (page - mapping.vbase), PAGE)
+            cache.entries[page] = Mapping(page, mapping.pbase + (page - mapping.vbase), PAGE,
+                                          mapping.writable)
         return cache.entries[page]
 
     def translate(self, vaddr: int) -> int:
@@ -119,6 +124,20 @@ class AddressSpace:
             vaddr += n
             size -= n
         return b"".join(parts)
+
+    def write_private(self, vaddr: int, data: bytes) -> None:
+        """Write only through fresh, writable leaf mappings: never into a read-only or
+        copy-on-write page that other processes may share."""
+        pos = 0
+        while pos < len(data):
+            n = min(len(data) - pos, PAGE - (vaddr & (PAGE - 1)))
+            m = self._walk(vaddr)
+            if not m.writable:
+                raise GuestMemoryError(f"page at {vaddr:#x} is read-only or shared "
+                                       "copy-on-write: not written")
+            self.phys.write(m.pbase + (vaddr - m.vbase), data[pos:pos + n])
+            vaddr += n
+            pos += n
 
     def write(self, vaddr: int, data: bytes) -> None:
         pos = 0

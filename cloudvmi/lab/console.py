@@ -27,7 +27,8 @@ class Console:
             raise ConsoleError("console commands must be one line under 3500 bytes (tty limit)")
         tag = secrets.token_hex(6)
         # The quotes keep the tty's echo of our input from matching the markers.
-        line = f"echo CVS_''{tag}; {{ {command} ; }} 2>&1; echo CVE_''{tag} $?\n"
+        sep = "" if command.rstrip().endswith("&") else ";"  # `{ x & ; }` is a syntax error
+        line = f"echo CVS_''{tag}; {{ {command} {sep} }} 2>&1; echo CVE_''{tag} $?\n"
         end = re.compile(rb"CVE_" + tag.encode() + rb" (\d+)\r?\n")
         start = b"CVS_" + tag.encode()
         with open(self.lock_path, "w") as lock:

@@ -38,6 +38,7 @@ ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 SAVED = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11",
          "r12", "r13", "r14", "r15", "rip", "eflags")
 PAGE = 4096
+KERNEL_SPACE = 0xFFFF_8000_0000_0000
 TRY_USER_MODE = 40  # interrupts that look for a vCPU already in user mode before breaking
 
 
@@ -108,9 +109,11 @@ class Injector:
         return hot + self.kernel.btf.struct("pcpu_hot").offset("current_task")
 
     def _task_of(self, regs: dict[str, int]) -> int | None:
-        """The task running on a vCPU stopped in user mode or at syscall entry (kernel GS
-        base is then in KERNEL_GS_BASE)."""
-        base = regs.get("k_gs_base", 0) if regs["cs"] & 3 == 3 else regs.get("gs_base", 0)
+        """The task running on a vCPU. The kernel's per-CPU base is in GS_BASE or, in user
+        mode and at syscall entry before swapgs, in KERNEL_GS_BASE: take the kernel one."""
+        base = regs.get("gs_base", 0)
+        if base < KERNEL_SPACE:
+            base = regs.get("k_gs_base", 0)
         try:
             return self.kernel.read_u64(base + self._current_off)
         except GuestMemoryError:
@@ -141,6 +144,15 @@ class Injector:
             return self.target
         if self.before_hijack is not None:
             self.before_hijack()
+        try:
+            return self._hijack(pid)
+        except BaseException:
+            with suppress(GDBStubError):  # nothing was changed: just let the guest run on
+                if not self.gdb.running:
+                    self.gdb.cont()
+            raise
+
+    def _hijack(self, pid: int | None) -> Target:
         deadline = time.monotonic() + self.timeout
         for attempt in range(TRY_USER_MODE):
             self.gdb.interrupt()
@@ -191,7 +203,8 @@ class Injector:
                     break
                 self._step_over(entry)
         finally:
-            self.gdb.remove_breakpoint(entry)
+            with suppress(GDBStubError):
+                self.gdb.remove_breakpoint(entry)
         user_rip, cr3 = regs["rcx"], _root(regs["cr3"])
         self.gdb.add_breakpoint(user_rip)
         try:
@@ -202,7 +215,8 @@ class Injector:
                     break
                 self._step_over(user_rip)
         finally:
-            self.gdb.remove_breakpoint(user_rip)
+            with suppress(GDBStubError):
+                self.gdb.remove_breakpoint(user_rip)
         return self._take(thread, task, t, regs)
 
     # -- running code in the thread --------------------------------------------------------
@@ -234,7 +248,8 @@ class Injector:
         try:
             self.gdb.step()
         finally:
-            self.gdb.add_breakpoint(address)
+            with suppress(GDBStubError):
+                self.gdb.add_breakpoint(address)
 
     def _check_target_alive(self) -> None:
         target = self.target
@@ -267,6 +282,9 @@ class Injector:
                 if _root(out["cr3"]) == target.cr3 and self._task_of(out) == target.task:
                     target.parked = True
                     target.thread = self.gdb.thread
+                    # The guest ran: its page tables may have changed (a fork's copy-on-write
+                    # gives the parent new pages), so translations are looked up afresh.
+                    self.kernel.user_space(target.pgd).cache.invalidate()
                     return out
                 self._step_over(stop_at)
         finally:
@@ -337,8 +355,12 @@ class Injector:
         self.syscall(NR["munmap"], address, size)
 
     def write_user(self, address: int, data: bytes) -> None:
-        """Write into the target's memory through its page tables (scratch pages only)."""
-        self.kernel.user_space(self.target.pgd).write(address, data)
+        """Write into the target's private scratch pages through its page tables."""
+        try:
+            self.kernel.user_space(self.target.pgd).write_private(address, data)
+        except GuestMemoryError as exc:
+            raise InjectionError(f"cannot write scratch memory of {self.target.tgid}: {exc}") \
+                from exc
 
     def read_user(self, address: int, size: int) -> bytes:
         return self.kernel.user_space(self.target.pgd).read(address, size)

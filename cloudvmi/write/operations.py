@@ -304,12 +304,14 @@ class GuestOps:
                            O_RDWR | O_CREAT | O_TRUNC, 0o600)
                 null = b.add(NR["openat"], AT_FDCWD, s.put(b"/dev/null\0"), O_RDONLY)
                 pid = b.add(NR["fork"], parent_skips=6)
-                b.add(NR["dup2"], b.result(null), 0)  # the child's calls
-                b.add(NR["dup2"], b.result(fd), 1)
-                b.add(NR["dup2"], b.result(fd), 2)
-                b.add(NR_ALARM, max(1, int(timeout)))
-                b.add(NR["execve"], args[0], argv_ptr, envp)
-                b.add(NR["exit_group"], 127)
+                # The child's calls: none may stop the batch, or the child would spin at its
+                # end instead of reaching exit_group.
+                b.add(NR["dup2"], b.result(null), 0, stop_on_error=False)
+                b.add(NR["dup2"], b.result(fd), 1, stop_on_error=False)
+                b.add(NR["dup2"], b.result(fd), 2, stop_on_error=False)
+                b.add(NR_ALARM, max(1, int(timeout)), stop_on_error=False)
+                b.add(NR["execve"], args[0], argv_ptr, envp, stop_on_error=False)
+                b.add(NR["exit_group"], 127, stop_on_error=False)
                 wait = b.add(NR["wait4"], b.result(pid), status, 0, 0)  # the parent's
                 b.add(NR["close"], b.result(fd), stop_on_error=False)
                 b.add(NR["close"], b.result(null), stop_on_error=False)
