@@ -51,4 +51,21 @@ class Report:
                        f"{len(__import__('os').sched_getaffinity(0))} cores",
             "rows": self.rows,
         }, indent=1) + "\n")
+        write_markdown()
         return path
+
+
+def write_markdown() -> None:
+    """bench/RESULTS.md: every kept result as a table, so the figures read in the repo."""
+    lines = ["# Latest benchmark results", "",
+             "Written by the bench scripts (`bench/bench_*.py`); raw figures in `results/`.", ""]
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        lines += [f"## {data['benchmark']} ({data['when']}, {data['machine']})", "",
+                  "| figure | value | unit | floor | |", "|---|---:|---|---|---|"]
+        for r in data["rows"]:
+            verdict = "" if r["ok"] is None else ("ok" if r["ok"] else "**below floor**")
+            lines.append(f"| {r['figure']} {r['note']} | {r['value']:.3f} | {r['unit']} | "
+                         f"{r['floor']} | {verdict} |")
+        lines.append("")
+    (RESULTS.parent / "RESULTS.md").write_text("\n".join(lines))

@@ -366,18 +366,19 @@ class Injector:
         return self.kernel.user_space(self.target.pgd).read(address, size)
 
     # -- giving the thread back ------------------------------------------------------------
-    def release(self) -> None:
-        """Restore the thread's registers exactly, check them, and resume the VM."""
+    def release(self) -> dict[str, int] | None:
+        """Restore the thread's registers exactly, check them, and resume the VM. Returns
+        the registers as read back after the restore (None if the thread was not held)."""
         target, self.target = self.target, None
         if target is None:
-            return
+            return None
         if target.dead:
             self.kernel.invalidate()
             self.gdb.cont()
-            return
+            return None
         if not target.parked:
             self._restore_in_flight(target)
-            return
+            return None
         if target.thread is not None and self.gdb.thread != target.thread:
             self.gdb.select(target.thread)
         self.gdb.write_registers(target.saved)
@@ -387,6 +388,7 @@ class Injector:
         if changed:
             raise InjectionError(f"registers not restored: {changed}")
         self.gdb.cont()
+        return now
 
 
     def _restore_in_flight(self, target: Target) -> None:
