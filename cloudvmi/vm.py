@@ -67,10 +67,28 @@ class VM:
             self._check_running()  # connecting would stop it, and closing would resume it
             host, port = self.gdb_address or ensure_gdbstub(self.qmp)
             self._gdb = GDBStub.connect(host, port)
-            self._gdb.cont()  # connecting stopped the VM; an operation stops it when it must
-            injector = Injector(self.linux.kernel, self._gdb, before_hijack=self._check_running)
+            injector = Injector(self.linux.kernel, self._gdb, before_hijack=self._check_running,
+                                journal=self._journal_path())
+            injector.recover()  # a thread left hijacked by a process that died is put back
+            if not self._gdb.running:
+                self._gdb.cont()  # connecting stopped the VM; operations stop it when they must
             self._guest = GuestOps(injector)
         return self._guest
+
+    def recover_pending(self) -> bool:
+        """If an earlier process died while it held a thread of this VM hijacked, put the
+        thread back now (the guest would otherwise stay stopped or run our code)."""
+        if self.qmp is None or not self.phys.writable or not self._journal_path().exists():
+            return False
+        self.guest  # noqa: B018 - creating the operations runs the recovery
+        return True
+
+    def _journal_path(self) -> Path:
+        """Where injections into this VM are journaled: one file per QMP socket."""
+        import hashlib
+
+        key = hashlib.sha256(os.path.realpath(self.qmp.socket_path).encode()).hexdigest()[:20]
+        return sub("journal") / f"{key}.json"
 
     def _check_running(self) -> None:
         status = self.qmp.execute("query-status")

@@ -19,10 +19,10 @@ def _ops(vm, pid: int | None):
 
 
 def _do(target: str, pid: int | None, fn):
-    from cloudvmi.vm import attach
+    from cloudvmi.remote.inventory import open_target
 
     try:
-        with attach(target, writable=True) as vm:
+        with open_target(target, writable=True) as vm:
             return fn(_ops(vm, pid))
     except (CloudVMIError, ValueError) as exc:
         errors.print(f"[red]error:[/red] {exc}")

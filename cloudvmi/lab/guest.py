@@ -114,6 +114,7 @@ def up(
     extra_procs: int = 0,
     accel: str = "auto",
     shm: bool = True,
+    netns: str | None = None,
     boot_timeout: float = 300.0,
 ) -> LabGuest:
     """Boot a lab guest and wait until its workload runs and its console answers."""
@@ -153,6 +154,8 @@ def up(
         "-daemonize", "-pidfile", str(gdir / "qemu.pid"),
     ]
     (gdir / "serial.log").unlink(missing_ok=True)
+    if netns:  # its gdbstub then listens on that namespace's loopback (a "host node")
+        cmd = ["ip", "netns", "exec", netns, *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise LabError(f"QEMU failed to start: {proc.stderr.strip()}")
@@ -162,7 +165,7 @@ def up(
         "kernel": kernel,
         "flavour": flavour, "release": lab_kernel.release, "mem_mib": mem_mib, "smp": smp,
         "paging": paging, "accel": cpu_args[1], "extra_procs": extra_procs,
-        "started": time.time(), "cmdline": cmd,
+        "started": time.time(), "cmdline": cmd, "netns": netns,
     }
     (gdir / "meta.json").write_text(json.dumps(meta, indent=1))
     guest = LabGuest(name, gdir, meta)

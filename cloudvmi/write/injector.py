@@ -10,11 +10,15 @@ is checked against the thread's address space (CR3) and task; every wait has a d
 registers are restored on every path and compared with the saved ones.
 """
 
+import dataclasses
 import io
+import json
+import os
 import struct
 import time
 from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 from cloudvmi.control.gdbstub import GDBStub, GDBStubError, GDBStubTimeout
 from cloudvmi.errors import CloudVMIError, GuestMemoryError
@@ -67,6 +71,7 @@ class Target:
     saved: dict[str, int]
     parked: bool = True  # stopped on its vCPU at our breakpoint (else: inside a syscall)
     dead: bool = False  # the process exited while we held it
+    stop_at: int = 0  # the breakpoint the thread runs towards, while not parked
 
     @property
     def usable(self) -> bool:
@@ -82,8 +87,12 @@ class Injector:
     """Run system calls in a guest. Use as a context manager: hijack(), calls, release()."""
 
     def __init__(self, kernel: LinuxKernel, gdb: GDBStub, timeout: float = 10.0,
-                 require_root: bool = True, before_hijack=None) -> None:
+                 require_root: bool = True, before_hijack=None,
+                 journal: Path | None = None) -> None:
         self.kernel = kernel
+        # What we hold, on disk: if this process dies mid-injection, the next one puts the
+        # thread back (recover()).
+        self.journal = journal
         self.before_hijack = before_hijack  # e.g. refuse a VM that someone else paused
         self.gdb = gdb
         self.timeout = timeout
@@ -185,7 +194,51 @@ class Injector:
         self.target = Target(thread=thread, task=task, pid=t["pid"], tgid=t["tgid"],
                              cr3=_root(regs["cr3"]), pgd=mm["pgd"],
                              saved={k: regs[k] for k in SAVED})
+        self._write_journal()
         return self.target
+
+    def _write_journal(self) -> None:
+        if self.journal is None or self.target is None:
+            return
+        tmp = self.journal.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self.target)))
+        os.replace(tmp, self.journal)
+
+    def _clear_journal(self) -> None:
+        if self.journal is not None:
+            self.journal.unlink(missing_ok=True)
+
+    def recover(self) -> str | None:
+        """Put back a thread that an earlier process left hijacked (it died mid-injection):
+        its registers, or its user frame if it is inside a syscall; breakpoints removed."""
+        if self.journal is None or not self.journal.exists():
+            return None
+        try:
+            target = Target(**json.loads(self.journal.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise InjectionError(f"unreadable injection journal {self.journal}: {exc}") from exc
+        self.gdb.interrupt()
+        if target.stop_at:
+            with suppress(GDBStubError):
+                self.gdb.remove_breakpoint(target.stop_at)
+        how = "in-flight"
+        for thread in self.gdb.threads() or [None]:
+            if thread is not None:
+                self.gdb.select(thread)
+            regs = self.gdb.read_registers()
+            if (self._task_of(regs) == target.task and _root(regs["cr3"]) == target.cr3
+                    and regs["rip"] == target.stop_at):
+                target.thread, target.parked, how = thread, True, "parked"
+                break
+        else:
+            target.parked = False
+        self.target = target
+        try:
+            self._check_target_alive()
+        except TargetExited:
+            how = "gone"
+        self.release()
+        return f"process {target.tgid} put back ({how})"
 
     def _take_at_syscall_return(self, pid: int | None, deadline: float) -> Target:
         """Break at syscall entry in a suitable process, then where that syscall returns."""
@@ -274,8 +327,10 @@ class Injector:
             self.gdb.select(target.thread)
         self.gdb.write_registers({**regs, "rip": rip})
         deadline = time.monotonic() + self.timeout
-        self.gdb.add_breakpoint(stop_at)
+        target.stop_at = stop_at
         target.parked = False
+        self._write_journal()
+        self.gdb.add_breakpoint(stop_at)
         try:
             while True:
                 _, out = self._run_until(stop_at, deadline, "the injected code to finish")
@@ -372,6 +427,12 @@ class Injector:
         target, self.target = self.target, None
         if target is None:
             return None
+        try:
+            return self._release(target)
+        finally:
+            self._clear_journal()
+
+    def _release(self, target: Target) -> dict[str, int] | None:
         if target.dead:
             self.kernel.invalidate()
             self.gdb.cont()

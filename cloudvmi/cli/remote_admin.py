@@ -1,0 +1,128 @@
+"""`cloudvmi certs init|issue` and `cloudvmi audit verify`: the mutual-TLS PKI of agents and
+clients, and the check of an agent's hash-chained audit log."""
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from cloudvmi.cli.output import console, emit_json, errors, table
+from cloudvmi.errors import CloudVMIError
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def default_pki() -> Path:
+    """$CLOUDVMI_PKI, else ~/.config/cloudvmi/pki: where the CA (and by default the certs) live."""
+    return Path(os.environ.get("CLOUDVMI_PKI") or "~/.config/cloudvmi/pki").expanduser()
+
+
+def _fail(exc: Exception) -> None:
+    errors.print(f"[red]error:[/red] {exc}")
+    sys.exit(1)
+
+
+dir_option = click.option(
+    "--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="The CA directory [default: $CLOUDVMI_PKI or ~/.config/cloudvmi/pki].")
+
+
+@click.group()
+def certs() -> None:
+    """Create the CA and issue agent and client certificates for mutual TLS.
+
+    A certificate's name is its Common Name: the identity the agent's rules authorize.
+    """
+
+
+@certs.command("init")
+@dir_option
+@click.option("--name", default="CloudVMI CA", show_default=True, help="The CA's common name.")
+@click.option("--days", type=click.IntRange(min=1), default=3650, show_default=True)
+@click.option("--force", is_flag=True,
+              help="Replace an existing CA (every certificate it issued stops working).")
+@json_option
+def init(directory: Path | None, name: str, days: int, force: bool, as_json: bool) -> None:
+    """Create a self-signed CA (EC P-256): ca.pem and ca.key (0600)."""
+    from cloudvmi.remote.certs import init_ca
+
+    directory = directory or default_pki()
+    try:
+        ca = init_ca(directory, name=name, days=days, force=force)
+    except (CloudVMIError, OSError) as exc:
+        _fail(exc)
+    if as_json:
+        return emit_json({"ok": True, "cert": str(ca.cert), "key": str(ca.key)})
+    console.print(f"CA [bold]{name}[/bold] created: {ca.cert} (key {ca.key}, keep it private)")
+
+
+@certs.command("issue")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["agent", "client"]), required=True,
+              help="agent: a server certificate for a node; client: an identity that calls.")
+@click.option("--host", "hosts", multiple=True, metavar="H",
+              help="A DNS name or IP clients dial the agent at (repeatable; agents only).")
+@dir_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where NAME.pem, NAME.key and ca.pem go [default: the CA directory].")
+@click.option("--days", type=click.IntRange(min=1), default=825, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite NAME's existing files.")
+@json_option
+def issue_cmd(name: str, kind: str, hosts: tuple[str, ...], directory: Path | None,
+              out: Path | None, days: int, force: bool, as_json: bool) -> None:
+    """Issue NAME's certificate, signed by the CA; NAME is its identity (the Common Name)."""
+    from cloudvmi.remote.certs import issue
+
+    directory = directory or default_pki()
+    try:
+        issued = issue(directory, out or directory, name, kind, list(hosts), days=days,
+                       force=force)
+    except (CloudVMIError, OSError) as exc:
+        _fail(exc)
+    if as_json:
+        return emit_json({"ok": True, "identity": issued.identity, "kind": issued.kind,
+                          "cert": str(issued.cert), "key": str(issued.key),
+                          "ca": str(issued.ca), "serial": f"{issued.serial:x}",
+                          "not_after": issued.not_after.isoformat()})
+    rows = [("identity", issued.identity), ("kind", issued.kind), ("cert", issued.cert),
+            ("key", issued.key), ("ca", issued.ca), ("expires", issued.not_after.date())]
+    if kind == "agent":
+        rows.insert(2, ("hosts", ", ".join([name, *hosts])))
+    table(f"Issued {kind} certificate", ["FIELD", "VALUE"], rows)
+
+
+@click.group()
+def audit() -> None:
+    """Check an agent's append-only, hash-chained audit log."""
+
+
+@audit.command("verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--head", default=None, metavar="HASH",
+              help="A record hash kept elsewhere: it must still be in the chain "
+                   "(detects deleted trailing records).")
+@click.option("--records", type=click.IntRange(min=0), default=None, metavar="N",
+              help="At least N records must remain (with --head: HASH is record N's).")
+@json_option
+def verify_cmd(file: Path, head: str | None, records: int | None, as_json: bool) -> None:
+    """Verify FILE's hash chain; exit 0 if intact, 1 at the first broken line."""
+    from cloudvmi.remote.audit import verify
+
+    result = verify(file, expect_head=head, expect_records=records)
+    if as_json:
+        emit_json(result)
+    elif result.ok:
+        console.print(f"[green]intact[/green]: {file}: {result.records} records, "
+                      f"head {result.head}")
+        if head is None and records is None:
+            console.print("[dim]records deleted from the end are only detectable with --head "
+                          "or --records[/dim]")
+    else:
+        where = f"line {result.line}: " if result.line else ""
+        errors.print(f"[red]broken[/red]: {file}: {where}{result.error} "
+                     f"({result.records} intact records before it)")
+    sys.exit(0 if result.ok else 1)
+
+
+COMMANDS = [certs, audit]

@@ -1,0 +1,89 @@
+"""A CloudVMI client run inside the client's network namespace by the cross-node tests.
+
+Usage: remote_client.py < STEPS_JSON   (the inventory comes from $CLOUDVMI_INVENTORY)
+Prints one JSON object: a result or an error for each step.
+"""
+
+import hashlib
+import json
+import sys
+import threading
+import time
+
+from cloudvmi.remote.client import PermissionDenied
+from cloudvmi.remote.inventory import load, open_target
+
+
+def step(s: dict):
+    do = s["do"]
+    if do == "vms":
+        return {n: [v.name for v in vms] if isinstance(vms, list) else str(vms)
+                for n, vms in load().fan_out(lambda node: node.vms()).items()}
+    vm = open_target(s["vm"])
+    try:
+        if do == "ps":
+            r = vm.linux.processes()
+            return {"partial": r.partial, "items": [[p.pid, p.ppid, p.comm, p.cmdline]
+                                                    for p in r.items]}
+        if do == "modules":
+            return sorted(m.name for m in vm.linux.modules().items)
+        if do == "read_physical":
+            start = time.perf_counter()
+            data = vm.read_physical(s["address"], s["size"])
+            return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                    "seconds": time.perf_counter() - start}
+        if do == "write_file":
+            vm.guest.write_file(s["path"], bytes.fromhex(s["hex"]))
+            return True
+        if do == "read_file":
+            return vm.guest.read_file(s["path"]).hex()
+        if do == "write_physical":
+            vm.write_physical(s["address"], bytes.fromhex(s["hex"]))
+            return True
+        if do == "run":
+            status, output = vm.guest.run(s["argv"], timeout=s.get("timeout", 30))
+            return [status, output.decode(errors="replace")]
+        if do == "concurrent_ps":
+            return concurrent(s)
+        raise ValueError(f"unknown step {do}")
+    finally:
+        vm.close()
+
+
+def concurrent(s: dict) -> dict:
+    """N clients at once, each with its own channel: every answer must be the same."""
+    answers, errors = [], []
+
+    def one():
+        try:
+            vm = open_target(s["vm"])
+            try:
+                answers.append(sorted((p.pid, p.comm) for p in vm.linux.processes().items))
+            finally:
+                vm.close()
+        except Exception as exc:  # collected and reported
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=one) for _ in range(s["n"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return {"answers": len(answers), "distinct": len({json.dumps(a) for a in answers}),
+            "errors": errors[:3], "first": answers[0] if answers else None}
+
+
+def main() -> None:
+    out = []
+    for s in json.loads(sys.stdin.read()):
+        try:
+            out.append({"ok": step(s)})
+        except PermissionDenied as exc:
+            out.append({"error": "denied", "message": str(exc)})
+        except Exception as exc:
+            out.append({"error": type(exc).__name__, "message": str(exc)})
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
