@@ -16,6 +16,22 @@ from cloudvmi.remote.inventory import load, open_target
 
 def step(s: dict):
     do = s["do"]
+    if do == "nocert":  # TLS that trusts the agent's CA but presents no certificate
+        import grpc
+
+        from cloudvmi.remote.client import _raise
+        from cloudvmi.remote.proto import cloudvmi_pb2 as pb
+        from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
+
+        inv = load()
+        creds = grpc.ssl_channel_credentials(root_certificates=inv.tls.ca.read_bytes())
+        channel = grpc.secure_channel(inv.nodes[s["node"]].address, creds)
+        try:
+            return len(rpc.AgentStub(channel).ListVMs(pb.Empty(), timeout=10).vms)
+        except grpc.RpcError as exc:
+            _raise(exc, s["node"])
+        finally:
+            channel.close()
     if do == "vms":
         return {n: [v.name for v in vms] if isinstance(vms, list) else str(vms)
                 for n, vms in load().fan_out(lambda node: node.vms()).items()}

@@ -175,6 +175,8 @@ def test_remote_writable_operation(fleet):
 def test_denials_are_refused_and_logged(fleet):
     (rogue,) = fleet.client("rogue", {"do": "ps", "vm": "web1@node1"})
     assert "error" in rogue and "unreachable" in rogue["message"]  # TLS handshake refused
+    (nocert,) = fleet.client("ops", {"do": "nocert", "node": "node1"})
+    assert "error" in nocert and "unreachable" in nocert["message"]
     (write,) = fleet.client("auditor", {"do": "write_file", "vm": "web1@node1",
                                         "path": "/tmp/x", "hex": "00"})
     assert write["error"] == "denied"
@@ -188,6 +190,9 @@ def test_denials_are_refused_and_logged(fleet):
                 (fleet.root / "node2" / "audit.jsonl").read_text().splitlines()]
     assert any(r["who"] == "auditor" and r["result"] == "denied" and r["op"] == "write_file"
                for r in records1)
+    tls = [r["detail"] for r in records1 if r["op"] == "tls-handshake"]
+    assert any("CERTIFICATE_VERIFY_FAILED" in d for d in tls), tls  # the other CA's client
+    assert any("CERTIFICATE" in d and "VERIFY_FAILED" not in d for d in tls), tls  # no cert
     assert any(r["who"] == "scoped" and r["result"] == "denied" and r["vm"] == "web2"
                for r in records2)
     assert any(r["who"] == "ops" and r["op"] == "write_file" and r["result"] == "ok"

@@ -18,12 +18,15 @@ def agent() -> None:
               help="The agent's TOML config.")
 def serve(config_path: str) -> None:
     """Serve until SIGTERM/SIGINT (then finish calls in flight and detach from the VMs)."""
+    from cloudvmi.remote import tlslog
+
+    tlslog.enable_before_grpc()
     from cloudvmi.remote import agent as agent_mod
     from cloudvmi.remote import config
 
     try:
         cfg = config.load(config_path)
-        agent_mod.serve(cfg, ready=lambda port: console.print(
+        agent_mod.serve(cfg, log_tls_denials=True, ready=lambda port: console.print(
             f"agent {cfg.node} listening on {cfg.listen.rsplit(':', 1)[0]}:{port} "
             f"({'PLAINTEXT' if cfg.insecure else 'mutual TLS'})", highlight=False))
     except CloudVMIError as exc:

@@ -190,9 +190,8 @@ def _ops(vm, as_pid: int):
     return vm.guest.as_process(as_pid) if as_pid else vm.guest
 
 
-def build_server(config: AgentConfig) -> tuple[grpc.Server, int, Registry]:
+def build_server(config: AgentConfig, audit: AuditLog) -> tuple[grpc.Server, int, Registry]:
     registry = Registry(config.lab, config.qmp_dirs)
-    audit = AuditLog(config.audit_log)
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers),
@@ -210,9 +209,15 @@ def build_server(config: AgentConfig) -> tuple[grpc.Server, int, Registry]:
     return server, port, registry
 
 
-def serve(config: AgentConfig, ready=None) -> None:
+def serve(config: AgentConfig, ready=None, log_tls_denials: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then finish calls in flight (5 s) and detach from VMs."""
-    server, port, registry = build_server(config)
+    audit = AuditLog(config.audit_log)
+    if log_tls_denials and not config.insecure:
+        from cloudvmi.remote import tlslog
+
+        tlslog.watch(lambda reason: audit.record("unauthenticated", "*", "tls-handshake", {},
+                                                 "denied", reason))
+    server, port, registry = build_server(config, audit)
     server.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
