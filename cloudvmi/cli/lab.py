@@ -33,19 +33,21 @@ def lab() -> None:
               help="Extra sleeping processes the workload starts (e.g. 1000 for benchmarks).")
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
               show_default=True)
+@click.option("--busy/--no-busy", default=True, show_default=True,
+              help="Start the workload's busy loop (it takes a host core under TCG).")
 @click.option("--shm/--no-shm", default=True, show_default=True,
               help="Guest RAM in a shared-memory file (fast); without it CloudVMI reads "
                    "/proc/<qemu>/mem.")
 @click.option("--json", "as_json", is_flag=True)
 def up(name: str, kernel: str, flavour: str, mem: str, smp: int, paging: str, extra_procs: int,
-       accel: str, shm: bool, as_json: bool) -> None:
+       accel: str, busy: bool, shm: bool, as_json: bool) -> None:
     """Boot lab guest NAME and wait until its workload runs."""
     start = time.monotonic()
     try:
         with console.status(f"Booting {name} (Linux {kernel} {flavour})…"):
             g = lab_guest.up(name, kernel=kernel, flavour=flavour, mem=mem, smp=smp,
                              paging=int(paging), extra_procs=extra_procs, accel=accel,
-                             shm=shm)
+                             shm=shm, busy=busy)
     except CloudVMIError as exc:
         _fail(exc)
     if as_json:

@@ -115,6 +115,7 @@ def up(
     accel: str = "auto",
     shm: bool = True,
     netns: str | None = None,
+    busy: bool = True,
     boot_timeout: float = 300.0,
 ) -> LabGuest:
     """Boot a lab guest and wait until its workload runs and its console answers."""
@@ -139,7 +140,8 @@ def up(
     cpu_args = qemu_accel_args(accel)
     if paging == 4:
         cpu_args[-1] += ",la57=off"
-    append = f"console=ttyS0 panic=-1 quiet cloudvmi.extra={int(extra_procs)}"
+    append = (f"console=ttyS0 panic=-1 quiet cloudvmi.extra={int(extra_procs)} "
+              f"cloudvmi.busy={int(busy)}")
     cmd = [
         QEMU, *cpu_args, "-m", str(mem_mib), "-smp", str(smp), "-nodefaults",
         "-display", "none", "-no-reboot",

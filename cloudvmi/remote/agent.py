@@ -21,7 +21,7 @@ from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
 from cloudvmi.remote.registry import Registry, UnknownVM
 from cloudvmi.write.session import GuestOSError
 
-CHUNK = 1 << 20
+CHUNK = 4 << 20  # per streamed message: fewer, larger messages stream faster
 MAX_READ = 1 << 30  # one ReadMemory request
 MAX_FILE = 256 << 20
 VIEWS = ("processes", "threads", "modules", "info")

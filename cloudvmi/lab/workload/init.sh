@@ -11,8 +11,12 @@ dmesg -n 1
 for m in /lib/modules/*.ko; do [ -e "$m" ] && insmod "$m"; done
 
 extra=0
+busy=1
 for arg in $(cat /proc/cmdline); do
-	case "$arg" in cloudvmi.extra=*) extra="${arg#cloudvmi.extra=}" ;; esac
+	case "$arg" in
+	cloudvmi.extra=*) extra="${arg#cloudvmi.extra=}" ;;
+	cloudvmi.busy=*) busy="${arg#cloudvmi.busy=}" ;;
+	esac
 done
 
 # Long-lived processes, some with names and arguments that are hard to print.
@@ -30,8 +34,10 @@ sh -c 'sleep 0 & exec sleep 3000000' &
 /bin/workload counter >/tmp/counter.log 2>&1 &
 /bin/workload user 1000 >/tmp/user.log 2>&1 &
 # A busy loop, at the lowest priority so the console stays responsive.
-sh -c 'while :; do :; done' busy &
-renice -n 19 -p $! >/dev/null
+if [ "$busy" = 1 ]; then
+	sh -c 'while :; do :; done' busy &
+	renice -n 19 -p $! >/dev/null
+fi
 i=0
 while [ "$i" -lt "$extra" ]; do sleep 5000000 & i=$((i + 1)); done
 
