@@ -139,17 +139,24 @@ def locate(phys: PhysicalMemory, cache_dir: Path | None = None) -> LinuxKernel:
     return _locate_cold(phys, store)
 
 
-def _find_load_address(phys: PhysicalMemory, profile: Profile) -> int | None:
+def _load_slot(phys: PhysicalMemory, *checks: tuple[int, bytes]) -> int | None:
+    """The first 2 MiB-aligned physical load address where, for each (offset, bytes) check,
+    those bytes sit at that offset from it."""
+    reach = max(off + len(want) for off, want in checks)
     for region in phys.regions():
         slot = (region.start + SLOT - 1) // SLOT * SLOT
-        while slot + profile.banner_offset + len(profile.banner) <= region.end:
+        while slot + reach <= region.end:
             try:
-                if phys.read(slot + profile.banner_offset, len(profile.banner)) == profile.banner:
+                if all(phys.read(slot + off, len(want)) == want for off, want in checks):
                     return slot
             except UnmappedAddress:
                 pass
             slot += SLOT
     return None
+
+
+def _find_load_address(phys: PhysicalMemory, profile: Profile) -> int | None:
+    return _load_slot(phys, (profile.banner_offset, profile.banner))
 
 
 def _locate_cold(phys: PhysicalMemory, store: ProfileStore) -> LinuxKernel:
@@ -165,7 +172,8 @@ def _locate_cold(phys: PhysicalMemory, store: ProfileStore) -> LinuxKernel:
     except KeyError as exc:
         raise ProfileError(f"kallsyms lacks a symbol every kernel has: {exc}") from exc
     btf_end = syms.get("__stop_BTF")
-    text_phys = _slot_with(phys, btf_virt - text_virt, banner_virt - text_virt)
+    text_phys = _load_slot(phys, (btf_virt - text_virt, BTF_MAGIC),
+                           (banner_virt - text_virt, BANNER_PREFIX))
     if text_phys is not None and btf_end:
         btf_paddr, btf_size = text_phys + btf_virt - text_virt, btf_end - btf_virt
     else:  # no 2 MiB slot holds both: search RAM for the BTF header instead
@@ -182,21 +190,6 @@ def _locate_cold(phys: PhysicalMemory, store: ProfileStore) -> LinuxKernel:
     kernel = _finish(phys, profile, blob, text_phys, text_virt, stats)
     store.save(profile, blob)
     return kernel
-
-
-def _slot_with(phys: PhysicalMemory, btf_offset: int, banner_offset: int) -> int | None:
-    """The 2 MiB-aligned load address whose image has BTF and the banner where kallsyms says."""
-    for region in phys.regions():
-        slot = (region.start + SLOT - 1) // SLOT * SLOT
-        while slot + max(btf_offset, banner_offset) + 32 <= region.end:
-            try:
-                if (phys.read(slot + btf_offset, 3) == BTF_MAGIC
-                        and phys.read(slot + banner_offset, 14) == BANNER_PREFIX):
-                    return slot
-            except UnmappedAddress:
-                pass
-            slot += SLOT
-    return None
 
 
 def _read_banner(phys: PhysicalMemory, paddr: int) -> bytes:
