@@ -125,3 +125,25 @@ def test_agent_killed_mid_operation_leaves_the_guest_intact(fleet):
                                      "path": "/tmp/after.bin", "hex": data.hex()},
                              {"do": "read_file", "vm": "web1@node1", "path": "/tmp/after.bin"})
     assert bytes.fromhex(back["ok"]) == data
+
+
+def test_fleet_listing_with_a_node_down(fleet):
+    """`cloudvmi ps --all` and `vms` fan out to every node; a node that is down gets its own
+    clear error and the others still answer."""
+    fleet.stop_agent("node2")
+    try:
+        cli = [*fleet.topo.run_in(fleet.topo.client), sys.executable, "-m", "cloudvmi.cli.main"]
+        ps = subprocess.run([*cli, "ps", "--all", "--json"], capture_output=True, text=True,
+                            env=fleet.client_env("ops"), timeout=120)
+        assert ps.returncode == 1  # not every node answered
+        answer = json.loads(ps.stdout)
+        assert "error" in answer["node2"] and "unreachable" in answer["node2"]["error"]
+        assert any(p["comm"] == "odd (name) ü" for p in answer["node1"]["web1"]["items"])
+        vms = subprocess.run([*cli, "vms", "--json"], capture_output=True, text=True,
+                             env=fleet.client_env("ops"), timeout=120)
+        listed = json.loads(vms.stdout)
+        assert listed["node1"] == [{"name": "web1", "kind": "qmp",
+                                    "detail": listed["node1"][0]["detail"]}]
+        assert "error" in listed["node2"]
+    finally:
+        fleet.start_agent("node2")

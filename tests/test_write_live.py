@@ -221,3 +221,18 @@ def test_thousand_syscalls_leave_no_register_changed(live):
     assert g.console.check("dmesg | grep -ci -e segfault -e 'general protection' || true") \
         .strip() == "0"
     assert len(oracle.processes(g)) > 40
+
+
+def test_direct_kernel_memory_write(live):
+    """A direct write (no syscall) where that is right: the kernel's own hostname field."""
+    g, vm = live
+    kernel = vm.linux.kernel
+    field = kernel.btf.struct("uts_namespace").offset("name.nodename")
+    address = kernel.symbols.lookup("init_uts_ns") + field
+    old = vm.read_virtual(address, 65)
+    try:
+        vm.write_virtual(address, b"written-directly\0")
+        assert g.console.check("hostname").strip() == "written-directly"
+    finally:
+        vm.write_virtual(address, old)
+    assert vm.read_virtual(address, 65) == old
