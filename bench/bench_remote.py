@@ -15,8 +15,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from report import Report, summary, timed  # noqa: E402
 
-from cloudvmi.lab.fleet import Fleet  # noqa: E402
 from cloudvmi.memory.mapped import MappedFileMemory  # noqa: E402
+from cloudvmi.remote.fleet import Fleet  # noqa: E402
 
 PROBE = str(Path(__file__).with_name("remote_probe.py"))
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cloudvmi.lab.fleet import Fleet
 from cloudvmi.remote.audit import verify
+from cloudvmi.remote.fleet import Fleet
 
 import oracle
 
