@@ -135,3 +135,32 @@ def test_truncated_dump(images, tmp_path, fraction):
     outcome = _timed(attempt)
     if not isinstance(outcome, CloudVMIError):  # the kernel and tasks were inside the part kept
         assert outcome.items
+
+
+def test_a_planted_fake_kallsyms_table_is_passed_over(raw_copy):
+    """A consistent copy of the tables with every symbol moved, lower in RAM than the real
+    ones (a guest could plant it): the page tables refute it and the real table wins."""
+    mem, kernel, _ = _edit(raw_copy)
+    table = kernel.symbols  # the real, slid symbols
+    real_text = kernel.text_virt
+    from cloudvmi.os.linux.kallsyms import find_kallsyms
+
+    token_table = find_kallsyms(mem).table_paddr
+    start = token_table - (8 << 20)
+    decoy_at = 0x800000
+    if kernel.text_phys < decoy_at + (9 << 20) or start < 0:
+        pytest.skip("KASLR put this kernel too low for a decoy below it")
+    block = bytearray(mem.read(start, (8 << 20) + 4096))
+    base = block.rfind(struct.pack("<Q", real_text), 0, 8 << 20)  # kallsyms_relative_base
+    if base < 0:
+        pytest.skip("relative_base is not _text in this build")
+    struct.pack_into("<Q", block, base, real_text + (256 << 20))
+    mem.write(decoy_at, bytes(block))
+    mem.close()
+    fake = find_kallsyms(MappedFileMemory(raw_copy))
+    assert fake.table_paddr < token_table  # the decoy is what a plain scan finds first
+    assert fake.lookup("_text") == real_text + (256 << 20)
+    with attach(str(raw_copy), profile_cache=None) as vm:
+        found = _timed(lambda: vm.linux.kernel)
+        assert found.text_virt == real_text
+        assert found.symbols.lookup("init_task") == table.lookup("init_task")

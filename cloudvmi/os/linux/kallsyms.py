@@ -121,15 +121,26 @@ class Kallsyms:
 
 def find_kallsyms(memory: PhysicalMemory, hint: int | None = None) -> Kallsyms:
     """Find and decode kallsyms in guest RAM; HINT is a table_paddr from an earlier boot."""
+    for found in kallsyms_candidates(memory, hint):
+        return found
+    raise AssertionError("unreachable: kallsyms_candidates raises when it finds nothing")
+
+
+def kallsyms_candidates(memory: PhysicalMemory, hint: int | None = None) -> Iterator[Kallsyms]:
+    """Every self-consistent kallsyms table, in the order find_kallsyms tries them. A guest
+    can plant a consistent fake: callers that can cross-check (page tables, BTF) take the
+    first that passes. Raises ProfileError when there is none at all."""
     regions = memory.regions()
     reasons: list[tuple[int, str]] = []
     tried: set[int] = set()
+    found_any = False
     if hint is not None:
         for anchor in _anchors_near_hint(memory, regions, hint):
             tried.add(anchor)
             found = _try_anchor(memory, regions, anchor, reasons)
             if found is not None:
-                return found
+                found_any = True
+                yield found
     count = 0
     for anchor in memory.find(ANCHOR):
         if anchor in tried:
@@ -140,7 +151,10 @@ def find_kallsyms(memory: PhysicalMemory, hint: int | None = None) -> Kallsyms:
                                "(guest memory may be hostile)")
         found = _try_anchor(memory, regions, anchor, reasons)
         if found is not None:
-            return found
+            found_any = True
+            yield found
+    if found_any:
+        return
     reasons.sort(key=lambda r: -r[0])  # stable: the furthest-got candidates, in scan order
     detail = f"; closest candidates: {'; '.join(r for _, r in reasons[:3])}" if reasons else ""
     raise ProfileError(f"kallsyms tables not found in guest memory{detail}")

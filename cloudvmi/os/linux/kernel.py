@@ -15,7 +15,7 @@ from cloudvmi.arch.x86_64 import AddressSpace, TranslationCache
 from cloudvmi.errors import GuestMemoryError, ProfileError, UnmappedAddress
 from cloudvmi.memory.base import PhysicalMemory
 from cloudvmi.os.linux.btf import BTF, locate_btf
-from cloudvmi.os.linux.kallsyms import Kallsyms, find_kallsyms
+from cloudvmi.os.linux.kallsyms import Kallsyms, kallsyms_candidates
 from cloudvmi.os.linux.profile import Profile, ProfileStore
 
 KERNEL_WINDOW = (0xFFFF_FFFF_8000_0000, 0xFFFF_FFFF_C000_0000)  # __START_KERNEL_map, 1 GiB
@@ -159,12 +159,31 @@ def _find_load_address(phys: PhysicalMemory, profile: Profile) -> int | None:
     return _load_slot(phys, (profile.banner_offset, profile.banner))
 
 
+MAX_CANDIDATES = 8  # consistent kallsyms tables tried before giving up (fakes are hostile)
+
+
 def _locate_cold(phys: PhysicalMemory, store: ProfileStore) -> LinuxKernel:
+    """Take the first kallsyms table that BTF, the banner and the page tables all confirm."""
     stats = LocateStats(warm=False)
     t0 = time.perf_counter()
-    syms = find_kallsyms(phys)
+    rejected: list[str] = []
+    for number, syms in enumerate(kallsyms_candidates(phys)):
+        if number >= MAX_CANDIDATES:
+            break
+        stats.seconds["kallsyms"] = time.perf_counter() - t0
+        try:
+            kernel, profile, blob = _from_symbols(phys, syms, stats)
+        except (ProfileError, GuestMemoryError) as exc:
+            rejected.append(f"table at {syms.table_paddr:#x}: {exc}")
+            continue
+        store.save(profile, blob)
+        return kernel
+    raise ProfileError("no kallsyms table in guest memory is confirmed by the kernel image: "
+                       + "; ".join(rejected[:3]))
+
+
+def _from_symbols(phys: PhysicalMemory, syms: Kallsyms, stats: LocateStats):
     t1 = time.perf_counter()
-    stats.seconds["kallsyms"] = t1 - t0
     try:
         text_virt = syms.lookup("_text")
         btf_virt = syms.lookup("__start_BTF")
@@ -187,9 +206,7 @@ def _locate_cold(phys: PhysicalMemory, store: ProfileStore) -> LinuxKernel:
         text_virt=text_virt,
     )
     blob = phys.read(btf_paddr, btf_size)
-    kernel = _finish(phys, profile, blob, text_phys, text_virt, stats)
-    store.save(profile, blob)
-    return kernel
+    return _finish(phys, profile, blob, text_phys, text_virt, stats), profile, blob
 
 
 def _read_banner(phys: PhysicalMemory, paddr: int) -> bytes:
