@@ -1,6 +1,7 @@
 """A synchronous QMP client over the qemu.qmp library, for callers that are not asyncio."""
 
 import asyncio
+import atexit
 import json
 import threading
 from typing import Any
@@ -32,6 +33,9 @@ class QMP:
         except Exception as exc:
             self.close()
             raise QMPError(f"cannot connect to QMP at {socket_path}: {exc}") from exc
+        # A caller that never closes would leave the loop to die mid-task at exit, which
+        # asyncio reports noisily: disconnect cleanly instead.
+        atexit.register(self.close)
 
     def _call(self, coro) -> Any:
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -50,6 +54,7 @@ class QMP:
     def close(self) -> None:
         if self._loop.is_closed():
             return
+        atexit.unregister(self.close)
         try:
             if self._client.runstate.name != "IDLE":
                 self._call(self._client.disconnect())
