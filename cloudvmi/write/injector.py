@@ -102,7 +102,7 @@ class Injector:
         self.mm_context = Record(kernel.btf, "mm_struct", {"vdso": "context.vdso"})
         self.target: Target | None = None
         self._current_off = self._current_task_offset()
-        self._vdso_syscall: dict[int, int] = {}  # pgd -> address of a `syscall` instruction
+        self._vdso_offset_cache: int | None = None  # of a `syscall` in the kernel's vDSO image
         self.stats = {"syscalls": 0, "batches": 0, "foreign_hits": 0}
 
     # -- finding a thread -----------------------------------------------------------------
@@ -352,28 +352,25 @@ class Injector:
         """A `syscall` instruction in the target's vDSO: code we may execute without writing."""
         target = self.target
         assert target is not None
-        cached = self._vdso_syscall.get(target.pgd)
-        if cached:
-            return cached
+        # Read afresh each time: the vDSO base is per process (ASLR), and a page-table root
+        # can be reused by another process once this one exits.
         t = self.tasks.task.read(self.kernel, target.task)
         base = self.mm_context.read(self.kernel, t["mm"])["vdso"]
         if not base:
             raise InjectionError(f"process {target.tgid} has no vDSO")
-        offset = self._vdso_offset()
-        self._vdso_syscall[target.pgd] = base + offset
-        return base + offset
+        return base + self._vdso_offset()
 
     def _vdso_offset(self) -> int:
         """Where the vDSO has a `syscall`, from the kernel's own copy of the image (the
         process may not have faulted in every vDSO page)."""
-        if "vdso" not in self._vdso_syscall:
+        if self._vdso_offset_cache is None:
             image = Record(self.kernel.btf, "vdso_image", {"data": "data", "size": "size"})
             v = image.read(self.kernel, self.kernel.symbols.lookup("vdso_image_64"))
             if not 64 <= v["size"] <= 16 * PAGE:
                 raise InjectionError(f"implausible vDSO image size {v['size']}")
-            self._vdso_syscall["vdso"] = find_syscall_instruction(
+            self._vdso_offset_cache = find_syscall_instruction(
                 self.kernel.read(v["data"], v["size"]))
-        return self._vdso_syscall["vdso"]
+        return self._vdso_offset_cache
 
     def syscall(self, nr: int, *args: int) -> int:
         """Run one system call in the hijacked thread; returns the raw result (rax)."""
