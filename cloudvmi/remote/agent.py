@@ -12,6 +12,8 @@ from concurrent import futures
 
 import grpc
 
+from cloudvmi.control.gdbstub import GDBStubError
+from cloudvmi.control.qmp import QMPError
 from cloudvmi.errors import CloudVMIError
 from cloudvmi.remote import codec
 from cloudvmi.remote.audit import AuditLog, args_digest
@@ -68,6 +70,9 @@ class AgentService(rpc.AgentServicer):
                 except (ConnectionError, BrokenPipeError, OSError) as exc:
                     self.registry.drop(vm)
                     raise CloudVMIError(f"connection to {vm} broke: {exc}") from exc
+                except (QMPError, GDBStubError):
+                    self.registry.drop(vm)  # the control channel is suspect: attach afresh
+                    raise
         except UnknownVM as exc:
             if audit:
                 self.audit.record(*audit, "error", str(exc))
