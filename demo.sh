@@ -9,9 +9,15 @@ name=${DEMO_NAME:-demo}
 if ! $cvmi lab ls --json | grep -q "\"name\": \"$name\""; then
 	$cvmi lab up "$name" --kernel "${KERNEL:-6.1}"
 fi
-[ "${KEEP:-0}" = 1 ] || trap '$cvmi lab down "$name"' EXIT
+[ "${KEEP:-0}" = 1 ] || trap '$cvmi lab down "$name"; rm -f /tmp/cloudvmi-demo.txt' EXIT
 $cvmi info "$name"
 $cvmi ps "$name"
 $cvmi modules "$name"
 echo "The guest's own view, for comparison (ps over its serial console):"
 $cvmi lab console "$name" -- ps -o pid,ppid,comm,args | head -n 25
+echo
+echo "Changing the guest from outside (system calls run inside it by a hijacked thread):"
+$cvmi sysctl "$name" kernel.hostname=changed-from-outside
+echo "written from outside" > /tmp/cloudvmi-demo.txt
+$cvmi put "$name" /tmp/cloudvmi-demo.txt /tmp/hello.txt
+$cvmi run "$name" -- /bin/sh -c 'echo "guest says: $(hostname): $(cat /tmp/hello.txt)"'
