@@ -33,6 +33,7 @@ from cloudvmi.write.syscalls import (
 
 CHUNK = 1 << 20  # bytes per read/write call
 READ_CALLS = 4  # read calls per batch
+SMALL_READ = 128 * 1024  # files up to this size are read in the session's own data area
 STAT = struct.Struct("<QQQIIIIQqqqqqqqqq24x")  # struct stat on x86-64 (144 bytes)
 MAX_FILE = 256 << 20
 NR_ALARM = 37
@@ -117,7 +118,7 @@ class GuestOps:
                         nlink=f[2], inode=f[1], mtime=f[13] + f[14] / 1e9)
 
     def read_file(self, path: str, limit: int = MAX_FILE) -> bytes:
-        with self._session(READ_CALLS * CHUNK + PAGE) as s:
+        with self._session(SMALL_READ + 2 * PAGE) as s:
             b = s.batch()
             st = s.alloc(STAT.size)
             fd = b.add(NR["openat"], AT_FDCWD, s.put(_path(path)), O_RDONLY | O_CLOEXEC)
@@ -129,30 +130,42 @@ class GuestOps:
                 size = STAT.unpack(s.read(st, STAT.size))[8]
                 if size > limit:
                     raise GuestOSError(27, f"{path} is {size} bytes, over the {limit} limit")
-                return self._read_fd(s, fd_value, size, limit, path)
+                if size + PAGE <= SMALL_READ:  # one call; /proc files (size 0) read in pages
+                    return self._read_fd(s, fd_value, size, limit, path,
+                                         size + PAGE if size else 8 * PAGE, 1 if size else 4)
+                # Larger files get a buffer mapping of their own for the time of the read, so
+                # small reads do not pay for populating megabytes.
+                area = s.injector.map_scratch(READ_CALLS * CHUNK)
+                try:
+                    return self._read_fd(s, fd_value, size, limit, path, CHUNK, READ_CALLS,
+                                         area)
+                finally:
+                    if s.injector.target is not None and s.injector.target.usable:
+                        s.injector.unmap_scratch(area, READ_CALLS * CHUNK)
             finally:
                 b = s.batch()
                 b.add(NR["close"], fd_value, stop_on_error=False)
                 s.run(b)
 
-    def _read_fd(self, s: GuestSession, fd: int, size: int, limit: int, path: str) -> bytes:
-        """Read to EOF in batches of READ_CALLS calls. Files that report a size take pread
-        at offsets (a short read is EOF); files that report 0 (/proc) take plain reads until
-        one returns 0."""
+    def _read_fd(self, s: GuestSession, fd: int, size: int, limit: int, path: str,
+                 chunk: int, calls: int, area: int | None = None) -> bytes:
+        """Read to EOF in batches of CALLS reads of CHUNK bytes (into AREA, or the session's
+        data area). Files that report a size take pread at offsets (a short read is EOF);
+        files that report 0 (/proc) take plain reads until one returns 0."""
         out = bytearray()
         sized = size > 0
         while len(out) < limit:
             b = s.batch()
-            calls = []
-            for k in range(READ_CALLS):
-                buf = s.alloc(CHUNK)
-                args = (fd, buf, CHUNK, len(out) + k * CHUNK) if sized else (fd, buf, CHUNK)
-                calls.append((b.add(NR["pread64" if sized else "read"], *args), buf))
+            reads = []
+            for k in range(calls):
+                buf = area + k * chunk if area is not None else s.alloc(chunk)
+                args = (fd, buf, chunk, len(out) + k * chunk) if sized else (fd, buf, chunk)
+                reads.append((b.add(NR["pread64" if sized else "read"], *args), buf))
             results = s.run(b)
-            for index, buf in calls:
+            for index, buf in reads:
                 got = check(results[index], f"read {path}")
                 out += s.read(buf, got) if got else b""
-                if got == 0 or (sized and got < CHUNK):
+                if got == 0 or (sized and got < chunk):
                     return bytes(out)
         raise GuestOSError(27, f"{path} is over the {limit}-byte limit")
 
