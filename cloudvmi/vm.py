@@ -131,9 +131,7 @@ class VM:
         kernel = self.linux.kernel
         if pid is None:
             return kernel.space
-        from cloudvmi.os.linux.views.processes import TaskReader
-
-        reader = TaskReader(kernel)
+        reader = self.linux.task_reader()  # layouts compiled once per kernel, not per call
         for p in self.linux.processes().items:
             if p.pid == pid:
                 mm = reader.task.read(kernel, p.address)["mm"]

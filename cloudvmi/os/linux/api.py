@@ -39,16 +39,16 @@ class Linux:
                 kernel.invalidate()
             return fn(kernel, *args)
 
-    def _task_reader(self) -> process_view.TaskReader:
+    def task_reader(self) -> process_view.TaskReader:
         if self._tasks is None:
             self._tasks = process_view.TaskReader(self.kernel)
         return self._tasks
 
     def processes(self):
-        return self._view(process_view.processes, self._task_reader())
+        return self._view(process_view.processes, self.task_reader())
 
     def threads(self):
-        return self._view(process_view.threads, self._task_reader())
+        return self._view(process_view.threads, self.task_reader())
 
     def modules(self):
         return self._view(modules_view.modules)
