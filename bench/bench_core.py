@@ -11,12 +11,12 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from report import Report, summary, timed  # noqa: E402
-
 from cloudvmi.lab import guest as lab  # noqa: E402
 from cloudvmi.memory.layout import host_regions  # noqa: E402
 from cloudvmi.memory.procmem import ProcessMemory  # noqa: E402
 from cloudvmi.vm import attach  # noqa: E402
+
+from report import Report, summary, timed  # noqa: E402
 
 MS = 1e3
 
@@ -60,8 +60,8 @@ def bench_small(report: Report) -> None:
                     k = vm.linux.kernel
                     from cloudvmi.os.linux.views.processes import TaskReader, processes
 
-                    reader = TaskReader(k)
-                    paused = timed(lambda: processes(k, reader), 50)
+                    reader = k.helper(TaskReader)
+                    paused = timed(lambda: processes(k), 50)
                     phys = vm.phys
                     mb4k = physical_throughput(phys, 4096, 256 << 20)
                     mb1m = physical_throughput(phys, 1 << 20, 1 << 30)

@@ -12,11 +12,12 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-
-from report import Report, summary, timed  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))  # the fleet harness
 
 from cloudvmi.memory.mapped import MappedFileMemory  # noqa: E402
-from cloudvmi.remote.fleet import Fleet  # noqa: E402
+
+from fleet import Fleet  # noqa: E402
+from report import Report, summary, timed  # noqa: E402
 
 PROBE = str(Path(__file__).with_name("remote_probe.py"))
 

@@ -10,12 +10,12 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from report import Report, summary, timed  # noqa: E402
-
+from cloudvmi.arch.x86_64.abi import NR  # noqa: E402
 from cloudvmi.lab import guest as lab  # noqa: E402
 from cloudvmi.vm import attach  # noqa: E402
 from cloudvmi.write.session import GuestSession  # noqa: E402
-from cloudvmi.write.syscalls import NR  # noqa: E402
+
+from report import Report, summary, timed  # noqa: E402
 
 MS = 1e3
 

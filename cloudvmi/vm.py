@@ -1,23 +1,42 @@
-"""One VM object over any memory source: a lab guest, a running QEMU, or a dump file.
-
-This is the interface the CLI, the applications and (later) the remote client share.
-"""
+"""One VM object over any memory source: a running QEMU (found by a finder, such as the lab,
+or by its QMP socket) or a dump file. It implements `cloudvmi.interface.VMInterface`, as the
+remote VM does."""
 
 import contextlib
+import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from cloudvmi.capability import vm_call
+from cloudvmi.control import discovery
 from cloudvmi.control.discovery import qemu_pid, shared_ram_file
 from cloudvmi.control.qmp import QMP
-from cloudvmi.errors import CloudVMIError
-from cloudvmi.lab.paths import sub
+from cloudvmi.errors import CloudVMIError, GuestMemoryError
+from cloudvmi.interface import held_still
 from cloudvmi.memory.base import PhysicalMemory, Region
 from cloudvmi.memory.elfdump import DumpInfo, is_elf_dump, open_elf_dump
 from cloudvmi.memory.layout import host_regions, parse_mtree
 from cloudvmi.memory.mapped import MappedFileMemory
 from cloudvmi.memory.procmem import ProcessMemory
+from cloudvmi.paths import cache_sub, state_sub
+
+MAX_READ = 1 << 30  # one memory read
+
+
+@dataclass
+class KernelProfile:
+    """What a remote client needs to build `vm.linux.kernel` itself: the profile (symbols,
+    where BTF sits), the BTF blob, where this boot put the kernel, and the RAM layout."""
+
+    profile: dict
+    btf: bytes
+    text_phys: int
+    text_virt: int
+    levels: int
+    arch: str
+    regions: list[list[int]]  # [start, size] of each RAM region
 
 
 class VM:
@@ -44,10 +63,9 @@ class VM:
     def linux(self):
         """The guest's Linux kernel views, located on first use (profile cached per build)."""
         if self._linux is None:
-            from cloudvmi.os.linux.api import Linux
+            from cloudvmi.os import probe
 
-            self._linux = Linux(self.phys, self.profile_cache, live=self.live,
-                                snapshot=self.snapshot)
+            self._linux = probe.operating_system(self)
         return self._linux
 
     @property
@@ -85,10 +103,8 @@ class VM:
 
     def _journal_path(self) -> Path:
         """Where injections into this VM are journaled: one file per QMP socket."""
-        import hashlib
-
         key = hashlib.sha256(os.path.realpath(self.qmp.socket_path).encode()).hexdigest()[:20]
-        return sub("journal") / f"{key}.json"
+        return state_sub("journal") / f"{key}.json"
 
     def _check_running(self) -> None:
         status = self.qmp.execute("query-status")
@@ -97,59 +113,78 @@ class VM:
                                 "resume it first; CloudVMI will not run it behind their back")
 
     # -- control ---------------------------------------------------------------------------
+    @vm_call()
     def running(self) -> bool:
+        """Whether the VM's vCPUs are running (a dump never is)."""
         return bool(self.qmp and self.qmp.execute("query-status")["running"])
 
+    @vm_call(permission="operate", live=True)
     def pause(self) -> None:
+        """Stop the VM's vCPUs."""
         if self.qmp:
             self.qmp.execute("stop")
 
+    @vm_call(permission="operate", live=True)
     def resume(self) -> None:
+        """Let the VM's vCPUs run again."""
         if self.qmp:
             self.qmp.execute("cont")
 
-    @contextlib.contextmanager
-    def snapshot(self) -> Iterator[None]:
+    def snapshot(self) -> contextlib.AbstractContextManager[None]:
         """Hold the guest still while a view reads it; leave a guest paused by others paused."""
-        was_running = self.running()
-        if was_running:
-            self.pause()
-        try:
-            yield
-        finally:
-            if was_running:
-                self.resume()
+        return held_still(self)
 
     # -- memory ----------------------------------------------------------------------------
+    @vm_call()
     def read_physical(self, address: int, size: int) -> bytes:
+        """Guest-physical memory."""
+        _check_size(size)
         return self.phys.read(address, size)
 
+    @vm_call(permission="write")
     def write_physical(self, address: int, data: bytes) -> None:
+        """Write guest-physical memory directly."""
+        if not self.phys.writable:
+            raise CloudVMIError("attach with writable=True to write guest memory")
         self.phys.write(address, data)
+
+    @vm_call()
+    def memory_regions(self) -> list[list[int]]:
+        """The guest's RAM as [start, size] regions of guest-physical addresses."""
+        return [[r.start, r.size] for r in self.phys.regions()]
 
     def _space(self, pid: int | None):
         kernel = self.linux.kernel
         if pid is None:
             return kernel.space
-        reader = self.linux.task_reader()  # layouts compiled once per kernel, not per call
-        for p in self.linux.processes().items:
-            if p.pid == pid:
-                mm = reader.task.read(kernel, p.address)["mm"]
-                if not mm:
-                    raise CloudVMIError(f"process {pid} is a kernel thread: no user memory")
-                return kernel.user_space(reader.mm.read(kernel, mm)["pgd"])
-        raise CloudVMIError(f"no process {pid} in {self.name}")
+        from cloudvmi.os.linux.views.processes import address_space_of
 
+        try:
+            return address_space_of(kernel, pid)
+        except GuestMemoryError as exc:
+            raise CloudVMIError(f"{self.name}: {exc}") from exc
+
+    @vm_call()
     def read_virtual(self, address: int, size: int, pid: int | None = None) -> bytes:
-        """Read guest-virtual memory: the kernel's, or process PID's."""
+        """Guest-virtual memory: the kernel's, or process PID's."""
+        _check_size(size)
         return self._space(pid).read(address, size)
 
+    @vm_call(permission="write")
     def write_virtual(self, address: int, data: bytes, pid: int | None = None) -> None:
         """Write guest-virtual memory directly (no syscall): only pages already present."""
         if not self.phys.writable:
             raise CloudVMIError("attach with writable=True to write guest memory")
         with self.snapshot():
             self._space(pid).write(address, data)
+
+    @vm_call()
+    def kernel_profile(self) -> KernelProfile:
+        """The located kernel's profile and BTF, so a remote client can read typed objects."""
+        k = self.linux.kernel
+        return KernelProfile(profile=k.profile.to_json(), btf=k.btf.data,
+                             text_phys=k.text_phys, text_virt=k.text_virt, levels=k.levels,
+                             arch=k.arch.name, regions=self.memory_regions())
 
     def close(self) -> None:
         if self._gdb is not None:
@@ -166,12 +201,19 @@ class VM:
         self.close()
 
 
+def _check_size(size: int) -> None:
+    if not 0 <= size <= MAX_READ:
+        raise ValueError(f"read of {size} bytes: at most {MAX_READ} at once")
+
+
 def default_profile_cache() -> Path:
-    return sub("profiles")
+    return cache_sub("profiles")
 
 
-def attach(target: str, writable: bool = False, profile_cache: Path | None | str = "default") -> VM:
-    """Attach to TARGET: a lab guest name, a QMP socket path, or a memory dump file."""
+def attach(target: str, writable: bool = False, profile_cache: Path | None | str = "default",
+           finders: list[str] | None = None) -> VM:
+    """Attach to TARGET: a QMP socket path, a memory dump file, or a VM name a finder knows
+    (a lab guest's name)."""
     cache = default_profile_cache() if profile_cache == "default" else (
         Path(profile_cache) if profile_cache else None)
     path = Path(target)
@@ -179,17 +221,13 @@ def attach(target: str, writable: bool = False, profile_cache: Path | None | str
         mode = os.stat(path).st_mode
         if stat.S_ISSOCK(mode):
             return _attach_qmp(str(path), target, writable, cache)
+        if not stat.S_ISREG(mode) and not stat.S_ISBLK(mode):
+            raise CloudVMIError(f"{target} is neither a QMP socket nor a memory dump file")
         return _attach_dump(path, cache)
-    from cloudvmi.lab import guest as lab
-
-    try:
-        g = lab.get(target)
-    except CloudVMIError:
-        raise CloudVMIError(f"{target!r} is not a lab guest, a QMP socket or a dump file") from None
-    if not g.running():
-        raise CloudVMIError(f"lab guest {target!r} is not running")
-    return _attach_qmp(str(g.qmp_path), target, writable, cache,
-                       ("127.0.0.1", g.gdb_port))
+    found = discovery.find(target, finders)
+    if found is None:
+        raise CloudVMIError(f"{target!r} is not a known VM, a QMP socket or a dump file")
+    return _attach_qmp(found.qmp, target, writable, cache, found.gdb)
 
 
 def _attach_qmp(socket_path: str, name: str, writable: bool, cache: Path | None,

@@ -7,24 +7,25 @@ from importlib import resources
 
 import pytest
 
+from cloudvmi.arch.x86_64 import batch as x86_batch
 from cloudvmi.write import batch
-from cloudvmi.write.syscalls import errno_of
+from cloudvmi.write.errors import errno_of
 
 
 @pytest.mark.skipif(shutil.which("as") is None, reason="binutils not installed")
 def test_code_is_the_assembled_source(tmp_path):
-    source = resources.files("cloudvmi.write") / "batch_x86_64.S"
+    source = resources.files("cloudvmi.arch.x86_64") / "batch.S"
     (tmp_path / "b.S").write_bytes(source.read_bytes())
     subprocess.run(["as", "--64", "-o", str(tmp_path / "b.o"), str(tmp_path / "b.S")],
                    check=True)
     subprocess.run(["objcopy", "-O", "binary", "-j", ".text", str(tmp_path / "b.o"),
                     str(tmp_path / "b.bin")], check=True)
-    assert (tmp_path / "b.bin").read_bytes() == batch.CODE
+    assert (tmp_path / "b.bin").read_bytes() == x86_batch.CODE
     symbols = subprocess.run(["nm", str(tmp_path / "b.o")], capture_output=True, text=True,
                              check=True).stdout
     done = next(int(line.split()[0], 16) for line in symbols.splitlines()
                 if line.endswith(" done"))
-    assert done == batch.DONE and batch.CODE[done:done + 2] == b"\xeb\xfe"  # jmp done
+    assert done == x86_batch.DONE and x86_batch.CODE[done:done + 2] == b"\xeb\xfe"  # jmp done
 
 
 def test_table_encoding_with_result_references():

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from cloudvmi.remote.audit import verify
-from cloudvmi.remote.fleet import Fleet
 
 import oracle
+from fleet import Fleet
 
 RUNNER = str(Path(__file__).with_name("remote_client.py"))
 

@@ -34,7 +34,7 @@ def _edit(path):
     """A writable view of the copy, with its kernel located and a task reader."""
     mem = MappedFileMemory(path, writable=True)
     kernel = kernel_mod.locate(mem, None)
-    return mem, kernel, TaskReader(kernel)
+    return mem, kernel, kernel.helper(TaskReader)
 
 
 def _timed(fn):
@@ -53,7 +53,7 @@ def test_intact_copy_is_complete(raw_copy):
 
 def test_cyclic_task_list_gives_a_marked_partial_result(raw_copy):
     mem, kernel, reader = _edit(raw_copy)
-    tasks = processes(kernel, reader).items
+    tasks = processes(kernel).items
     a, b = tasks[10], tasks[20]
     # b's next now points back to a: the ring never returns to init_task.
     kernel.space.write(b.address + reader.tasks_offset, struct.pack("<Q",
@@ -68,7 +68,7 @@ def test_cyclic_task_list_gives_a_marked_partial_result(raw_copy):
 
 def test_pointers_outside_ram(raw_copy):
     mem, kernel, reader = _edit(raw_copy)
-    tasks = processes(kernel, reader).items
+    tasks = processes(kernel).items
     victim = next(p for p in tasks if p.cmdline[:1] == ["sleep"])
     wild = kernel.page_offset + (64 << 30)  # direct map, far beyond this guest's RAM
     mm_field = victim.address + reader.task.offset("mm")

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import cloudvmi
 
-# Bottom to top.
-LAYERS = ["errors", "lab", "memory", "control", "arch", "os", "write", "vm", "remote", "cli",
-          "__init__"]
+# Bottom to top. The lab is a plug-in at the top (found through the `cloudvmi.finders` entry
+# point), not a foundation: nothing below the CLI imports it.
+LAYERS = ["errors", "paths", "capability", "memory", "control", "arch", "os", "write",
+          "interface", "vm", "remote", "lab", "cli", "__init__"]
 
 
 def _layer(module: str) -> int:

@@ -13,8 +13,7 @@ import pytest
 from cloudvmi.errors import CloudVMIError
 from cloudvmi.lab import guest as lab
 from cloudvmi.vm import attach
-from cloudvmi.write.injector import SAVED, InjectionTimeout, TargetExited
-from cloudvmi.write.session import GuestOSError
+from cloudvmi.write.errors import GuestOSError, InjectionTimeout, TargetExited
 
 import oracle
 
@@ -216,7 +215,7 @@ def test_thousand_syscalls_leave_no_register_changed(live):
     finally:
         after = injector.release()
     assert results == {target.tgid}
-    assert {k: after[k] for k in SAVED} == before
+    assert {k: after[k] for k in injector.arch.saved_registers} == before
     assert _alive(g, target.tgid) and vm.running()
     assert g.console.check("dmesg | grep -ci -e segfault -e 'general protection' || true") \
         .strip() == "0"

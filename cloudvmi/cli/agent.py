@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from cloudvmi.cli.output import console, errors
+from cloudvmi.cli.output import console, error
 from cloudvmi.errors import CloudVMIError
 
 
@@ -30,5 +30,5 @@ def serve(config_path: str) -> None:
             f"agent {cfg.node} listening on {cfg.listen.rsplit(':', 1)[0]}:{port} "
             f"({'PLAINTEXT' if cfg.insecure else 'mutual TLS'})", highlight=False))
     except CloudVMIError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
+        error(exc)
         sys.exit(1)

@@ -5,14 +5,14 @@ import time
 
 import click
 
-from cloudvmi.cli.output import console, emit_json, errors, table
+from cloudvmi.cli.output import console, emit_json, error, table
 from cloudvmi.errors import CloudVMIError
 from cloudvmi.lab import guest as lab_guest
 from cloudvmi.lab.kernels import FLAVOURS, SUITES
 
 
 def _fail(exc: Exception) -> None:
-    errors.print(f"[red]error:[/red] {exc}")
+    error(exc)
     sys.exit(1)
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from cloudvmi.cli.output import console, emit_json, errors, table
-from cloudvmi.errors import CloudVMIError
+from cloudvmi.cli.output import console, emit_json, literal, table
+from cloudvmi.cli.views import open_vm, run_or_exit
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 as_pid = click.option("--as-pid", type=int, default=None,
@@ -19,21 +19,18 @@ def _ops(vm, pid: int | None):
 
 
 def _do(target: str, pid: int | None, fn):
-    from cloudvmi.remote.inventory import open_target
-
-    try:
-        with open_target(target, writable=True) as vm:
+    def go():
+        with open_vm(target, writable=True) as vm:
             return fn(_ops(vm, pid))
-    except (CloudVMIError, ValueError) as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        sys.exit(1)
+
+    return run_or_exit(go)
 
 
 def _done(as_json: bool, message: str, **fields) -> None:
     if as_json:
         emit_json({"ok": True, **fields})
     else:
-        console.print(message)
+        console.print(literal(message))
 
 
 @click.command()
@@ -179,7 +176,7 @@ def sysctl(vm: str, setting: str, as_pid: int | None, as_json: bool) -> None:
     current = _do(vm, as_pid, go)
     if as_json:
         return emit_json({"key": key, "value": current})
-    console.print(f"{key} = {current}", markup=False)
+    console.print(literal(f"{key} = {current}"))
 
 
 @click.command()

@@ -1,16 +1,29 @@
-"""Render view results as rich tables or JSON: every command takes --json."""
+"""Render results as rich tables or JSON: every command takes --json. Guest strings are
+hostile input: they are printed literally (no markup), control characters escaped."""
 
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 errors = Console(stderr=True)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def literal(value: Any) -> Text:
+    """VALUE as text that the terminal shows as it is: no markup, no escape sequences."""
+    s = "" if value is None else str(value)
+    s = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s)
+    s = s.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates from guests
+    return Text(s)
 
 
 def to_plain(value: Any) -> Any:
@@ -20,22 +33,30 @@ def to_plain(value: Any) -> Any:
         return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
     return value
 
 
 def emit_json(value: Any) -> None:
-    json.dump(to_plain(value), sys.stdout, indent=1, ensure_ascii=False)
-    sys.stdout.write("\n")
+    text = json.dumps(to_plain(value), indent=1, ensure_ascii=False)
+    sys.stdout.write(text.encode("utf-8", "backslashreplace").decode("utf-8") + "\n")
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]],
-          caption: str | None = None) -> None:
-    t = Table(title=title, caption=caption, header_style="bold", expand=False)
+          caption: str | None = None, numeric: Iterable[str] = ()) -> None:
+    numeric = set(numeric) | NUMERIC
+    t = Table(title=literal(title), caption=literal(caption) if caption else None,
+              header_style="bold", expand=False)
     for col in columns:
-        t.add_column(col, overflow="fold", justify="right" if col in NUMERIC else "left")
+        t.add_column(col, overflow="fold", justify="right" if col in numeric else "left")
     for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
+        t.add_row(*(literal(v) for v in row))
     console.print(t)
+
+
+def error(message: Any) -> None:
+    errors.print(Text("error: ", style="red") + literal(message))
 
 
 NUMERIC = {"PID", "TID", "TGID", "PPID", "UID", "GID", "SIZE", "REFS", "THR", "START"}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cloudvmi.cli.output import console, emit_json, errors, table
+from cloudvmi.cli.output import console, emit_json, error, errors, table
 from cloudvmi.errors import CloudVMIError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -19,7 +19,7 @@ def default_pki() -> Path:
 
 
 def _fail(exc: Exception) -> None:
-    errors.print(f"[red]error:[/red] {exc}")
+    error(exc)
     sys.exit(1)
 
 

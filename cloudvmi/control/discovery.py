@@ -1,9 +1,49 @@
-"""Facts about a running QEMU that QMP does not hand out directly."""
+"""Finding VMs by name, and facts about a running QEMU that QMP does not hand out directly.
+
+VMs are found by finders: plug-ins listed under the `cloudvmi.finders` entry point, each a
+module with `find(name) -> Found | None` and `running() -> list[Found]` (the lab is one).
+"""
 
 import socket
 import struct
+from dataclasses import dataclass
 
 from cloudvmi.errors import CloudVMIError
+
+FINDERS_GROUP = "cloudvmi.finders"
+
+
+@dataclass(frozen=True)
+class Found:
+    """A running VM a finder knows: how to reach its monitor and debugger."""
+
+    name: str
+    kind: str  # the finder's name: "lab", ...
+    qmp: str  # QMP socket path
+    gdb: tuple[str, int] | None = None  # a gdbstub the VM already has, if any
+    detail: str = ""
+
+
+def _finders(only: list[str] | None = None) -> list:
+    import importlib
+    from importlib.metadata import entry_points
+
+    return [importlib.import_module(ep.value) for ep in entry_points(group=FINDERS_GROUP)
+            if only is None or ep.name in only]
+
+
+def find(name: str, only: list[str] | None = None) -> Found | None:
+    """The VM NAME as the first finder that knows it reports it."""
+    for finder in _finders(only):
+        found = finder.find(name)
+        if found is not None:
+            return found
+    return None
+
+
+def running(only: list[str] | None = None) -> list[Found]:
+    """Every running VM the finders know."""
+    return [f for finder in _finders(only) for f in finder.running()]
 
 
 def qemu_pid(qmp_socket: str) -> int:

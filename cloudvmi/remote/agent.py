@@ -12,26 +12,20 @@ from concurrent import futures
 
 import grpc
 
+from cloudvmi import capability
 from cloudvmi.control.gdbstub import GDBStubError
 from cloudvmi.control.qmp import QMPError
 from cloudvmi.errors import CloudVMIError
 from cloudvmi.remote import codec
-from cloudvmi.remote.audit import AuditLog, args_digest
+from cloudvmi.remote.audit import AuditLog
 from cloudvmi.remote.config import AgentConfig
 from cloudvmi.remote.proto import cloudvmi_pb2 as pb
 from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
 from cloudvmi.remote.registry import Registry, UnknownVM
-from cloudvmi.write.session import GuestOSError
+from cloudvmi.write.errors import GuestOSError
 
 CHUNK = 4 << 20  # per streamed message: fewer, larger messages stream faster
-MAX_READ = 1 << 30  # one ReadMemory request
-MAX_FILE = 256 << 20
-VIEWS = ("processes", "threads", "modules", "info")
-OPERATIONS = {  # name -> permission
-    "kill": "operate", "stat": "operate", "listdir": "operate", "mkdir": "operate",
-    "remove": "operate", "chmod": "operate", "chown": "operate", "sysctl_get": "operate",
-    "sysctl_set": "operate", "link_set": "operate", "set_address": "operate", "run": "operate",
-}
+MAX_PAYLOAD = 256 << 20  # the blobs of one call's arguments (a file written)
 INSECURE_IDENTITY = "insecure-loopback"
 
 
@@ -92,111 +86,73 @@ class AgentService(rpc.AgentServicer):
 
     # -- RPCs -------------------------------------------------------------------------------
     def ListVMs(self, request, context):
-        self._identity(context)
+        who = self._identity(context)
         return pb.VMList(node=self.config.node, vms=[
             pb.VMInfo(name=e.name, kind=e.kind, running=True, detail=e.detail)
-            for e in self.registry.discover()
-            if self.config.allowed(self._identity(context), e.name, "read")])
+            for e in self.registry.discover() if self.config.allowed(who, e.name, "read")])
 
-    def View(self, request, context):
-        if request.view not in VIEWS:
+    def Invoke(self, request_iterator, context):
+        """One capability call: authorized from its first message, before any payload is
+        read; the payload is bounded by what that message announces."""
+        first = next(request_iterator, None)
+        if first is None:
+            _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError", "empty call")
+        cap = capability.by_key(first.capability)
+        if cap is None:
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
-                   f"unknown view {request.view!r}")
-        self._authorize(context, request.vm, "read", request.view, {})
-        result = self._call(context, request.vm,
-                            lambda vm: getattr(vm.linux, request.view)())
-        return pb.JsonReply(json=codec.dumps(result))
-
-    def ReadMemory(self, request, context):
-        if request.size > MAX_READ:
-            _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
-                   f"read of {request.size} bytes over the {MAX_READ} limit")
-        self._authorize(context, request.vm, "read", "read_memory", {})
-        done = 0
-        while done < request.size:
-            n = min(CHUNK, request.size - done)
-            address = request.address + done
-
-            def read(vm, address=address, n=n):
-                if request.physical:
-                    return vm.read_physical(address, n)
-                return vm.read_virtual(address, n, request.pid or None)
-
-            yield pb.Chunk(offset=done, data=self._call(context, request.vm, read))
-            done += n
-
-    def WriteMemory(self, request, context):
-        args = {"address": request.address, "size": len(request.data),
-                "physical": request.physical, "pid": request.pid,
-                "data_sha256": args_digest(request.data)}
-        who = self._authorize(context, request.vm, "write", "write_memory", args)
-
-        def write(vm):
-            if request.physical:
-                vm.write_physical(request.address, request.data)
-            else:
-                vm.write_virtual(request.address, request.data, request.pid or None)
-
-        self._call(context, request.vm, write, audit=(who, request.vm, "write_memory", args))
-        return pb.Empty()
-
-    def Operate(self, request, context):
-        permission = OPERATIONS.get(request.op)
-        if permission is None:
-            _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
-                   f"unknown operation {request.op!r}")
+                   f"unknown capability {first.capability!r}")
         try:
-            kwargs = json.loads(request.args_json or "{}")
+            sizes = codec.blob_sizes(first.args_json or "{}")
         except ValueError:
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError", "bad arguments")
-        args = {**kwargs, "as_pid": request.as_pid}
-        who = self._authorize(context, request.vm, permission, request.op, args)
-        result = self._call(
-            context, request.vm,
-            lambda vm: getattr(_ops(vm, request.as_pid), request.op)(**kwargs),
-            audit=(who, request.vm, request.op, args))
-        return pb.JsonReply(json=codec.dumps(result))
+        summary = {"args_json": first.args_json, "as_pid": first.as_pid}
+        who = self._authorize(context, first.vm, cap.permission, cap.name, summary)
+        payload = self._payload(context, first, request_iterator, sum(sizes))
+        try:
+            args = codec.check_args(cap, codec.decode(first.args_json or "{}", payload))
+        except (TypeError, ValueError) as exc:
+            _error(context, grpc.StatusCode.INVALID_ARGUMENT, "TypeError", str(exc))
+        audit = None
+        if cap.permission != "read":  # changes are recorded; reads are not (yet)
+            audit = (who, first.vm, cap.name, {**args, "as_pid": first.as_pid})
+        result = self._call(context, first.vm,
+                            lambda vm: _dispatch(vm, cap, args, first.as_pid), audit=audit)
+        text, blobs = codec.encode(result)
+        yield pb.Reply(json=text)
+        for blob in blobs:
+            for offset in range(0, len(blob), CHUNK):
+                yield pb.Reply(data=blob[offset:offset + CHUNK])
 
-    def ReadFile(self, request, context):
-        args = {"path": request.path, "as_pid": request.as_pid}
-        who = self._authorize(context, request.vm, "operate", "read_file", args)
-        data = self._call(context, request.vm,
-                          lambda vm: _ops(vm, request.as_pid).read_file(request.path),
-                          audit=(who, request.vm, "read_file", args))
-        for offset in range(0, max(len(data), 1), CHUNK):
-            yield pb.Chunk(offset=offset, data=data[offset:offset + CHUNK])
-
-    def WriteFile(self, request_iterator, context):
-        first = None
-        parts = []
-        size = 0
-        for chunk in request_iterator:
-            if first is None:
-                first = chunk
-            size += len(chunk.data)
-            if size > MAX_FILE:
-                _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
-                       f"file over the {MAX_FILE}-byte limit")
+    def _payload(self, context, first, rest, expected: int) -> bytes:
+        if expected > MAX_PAYLOAD:
+            _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
+                   f"payload of {expected} bytes over the {MAX_PAYLOAD}-byte limit")
+        parts, size = [first.data], len(first.data)
+        while size < expected:
+            chunk = next(rest, None)
+            if chunk is None:
+                break
             parts.append(chunk.data)
-        if first is None:
-            _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError", "no file sent")
-        data = b"".join(parts)
-        args = {"path": first.path, "append": first.append, "mode": first.mode,
-                "as_pid": first.as_pid, "size": len(data), "data_sha256": args_digest(data)}
-        who = self._authorize(context, first.vm, "operate", "write_file", args)
-        self._call(context, first.vm,
-                   lambda vm: _ops(vm, first.as_pid).write_file(
-                       first.path, data, append=first.append, mode=first.mode or 0o644),
-                   audit=(who, first.vm, "write_file", args))
-        return pb.Empty()
+            size += len(chunk.data)
+        if size != expected or next(rest, None) is not None:
+            _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
+                   f"payload of {size} bytes where {expected} were announced")
+        return b"".join(parts)
 
 
-def _ops(vm, as_pid: int):
-    return vm.guest.as_process(as_pid) if as_pid else vm.guest
+def _dispatch(vm, cap: capability.Capability, args: dict, as_pid: int):
+    """Call CAP on the VM's facade for its facet (the same path a local caller takes)."""
+    if cap.facet == "linux":
+        subject = vm.linux
+    elif cap.facet == "guest":
+        subject = vm.guest.as_process(as_pid) if as_pid else vm.guest
+    else:
+        subject = vm
+    return getattr(subject, cap.name)(**args)
 
 
 def build_server(config: AgentConfig, audit: AuditLog) -> tuple[grpc.Server, int, Registry]:
-    registry = Registry(config.lab, config.qmp_dirs)
+    registry = Registry(["lab"] if config.lab else [], config.qmp_dirs)
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers),

@@ -1,19 +1,23 @@
 """A VM on another node, through its agent, with the interface of a local VM:
 `vm.linux.processes()`, `vm.read_physical()`, `vm.guest.read_file()`..."""
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
+from cloudvmi.capability import Capability, Facade
 from cloudvmi.errors import CloudVMIError
+from cloudvmi.interface import held_still
 from cloudvmi.remote import codec
 from cloudvmi.remote.proto import cloudvmi_pb2 as pb
 from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
-from cloudvmi.write.session import GuestOSError
+from cloudvmi.write.errors import GuestOSError
 
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # payload bytes per streamed message
 
 
 class RemoteError(CloudVMIError):
@@ -82,15 +86,30 @@ class Node:
             self.channel = grpc.secure_channel(address, creds, options=options)
         self.stub = rpc.AgentStub(self.channel)
 
-    def call(self, method: str, request, stream: bool = False):
+    def vms(self) -> list[pb.VMInfo]:
         try:
-            reply = getattr(self.stub, method)(request, timeout=self.timeout)
-            return list(reply) if stream else reply
+            return list(self.stub.ListVMs(pb.Empty(), timeout=self.timeout).vms)
         except grpc.RpcError as exc:
             _raise(exc, self.name)
 
-    def vms(self) -> list[pb.VMInfo]:
-        return list(self.call("ListVMs", pb.Empty()).vms)
+    def invoke(self, vm: str, cap: Capability, args: dict[str, Any], as_pid: int = 0) -> Any:
+        """Run capability CAP on VM through the agent; its result, as the local call gives."""
+        text, blobs = codec.encode(args)
+        payload = b"".join(blobs)
+
+        def calls():
+            yield pb.Call(vm=vm, capability=cap.key, args_json=text, as_pid=as_pid,
+                          data=payload[:CHUNK])
+            for offset in range(CHUNK, len(payload), CHUNK):
+                yield pb.Call(data=payload[offset:offset + CHUNK])
+
+        try:
+            replies = self.stub.Invoke(calls(), timeout=self.timeout)
+            first = next(replies)
+            data = b"".join(r.data for r in replies)
+        except grpc.RpcError as exc:
+            _raise(exc, self.name)
+        return codec.decode(first.json, data, cap.result)
 
     def vm(self, name: str) -> "RemoteVM":
         return RemoteVM(self, name)
@@ -99,29 +118,35 @@ class Node:
         self.channel.close()
 
 
-class RemoteLinux:
+class RemoteLinux(Facade):
+    """`vm.linux` of a remote VM: views run by the agent; `kernel` built here from the
+    profile the agent sends once, its memory read through the agent."""
+
+    _facet = "linux"
+
     def __init__(self, vm: "RemoteVM") -> None:
         self.vm = vm
+        self._kernel = None
 
-    def _view(self, view: str):
-        reply = self.vm.node.call("View", pb.ViewRequest(vm=self.vm.name, view=view))
-        return codec.view_from_json(view, reply.json)
+    def _invoke(self, cap: Capability, args: dict[str, Any]) -> Any:
+        return self.vm.node.invoke(self.vm.name, cap, args)
 
-    def processes(self):
-        return self._view("processes")
+    def ready(self) -> None:
+        """Nothing to do here: the agent locates the kernel."""
 
-    def threads(self):
-        return self._view("threads")
+    @property
+    def kernel(self):
+        if self._kernel is None:
+            from cloudvmi.remote.kernel import remote_kernel
 
-    def modules(self):
-        return self._view("modules")
-
-    def info(self):
-        return self._view("info")
+            self._kernel = remote_kernel(self.vm)
+        return self._kernel
 
 
-class RemoteGuestOps:
-    """The guest operations of cloudvmi.write.operations.GuestOps, run by the agent."""
+class RemoteGuestOps(Facade):
+    """`vm.guest` of a remote VM: the guest operations, run by the agent."""
+
+    _facet = "guest"
 
     def __init__(self, vm: "RemoteVM", pid: int = 0) -> None:
         self.vm = vm
@@ -130,98 +155,32 @@ class RemoteGuestOps:
     def as_process(self, pid: int) -> "RemoteGuestOps":
         return RemoteGuestOps(self.vm, pid)
 
-    def _op(self, op: str, **kwargs):
-        reply = self.vm.node.call("Operate", pb.Operation(
-            vm=self.vm.name, op=op, args_json=json.dumps(kwargs), as_pid=self.pid))
-        return codec.result_from_json(op, reply.json)
-
-    def read_file(self, path: str) -> bytes:
-        chunks = self.vm.node.call("ReadFile", pb.FileRef(vm=self.vm.name, path=path,
-                                                          as_pid=self.pid), stream=True)
-        return b"".join(c.data for c in chunks)
-
-    def write_file(self, path: str, data: bytes, append: bool = False,
-                   mode: int = 0o644) -> None:
-        def chunks():
-            yield pb.FileChunk(vm=self.vm.name, path=path, append=append, mode=mode,
-                               as_pid=self.pid, data=data[:CHUNK])
-            for offset in range(CHUNK, len(data), CHUNK):
-                yield pb.FileChunk(data=data[offset:offset + CHUNK])
-
-        try:
-            self.vm.node.stub.WriteFile(chunks(), timeout=self.vm.node.timeout)
-        except grpc.RpcError as exc:
-            _raise(exc, self.vm.node.name)
-
-    def kill(self, pid: int, sig: int = 15) -> None:
-        self._op("kill", pid=pid, sig=sig)
-
-    def stat(self, path: str, follow: bool = False):
-        return self._op("stat", path=path, follow=follow)
-
-    def listdir(self, path: str):
-        return self._op("listdir", path=path)
-
-    def mkdir(self, path: str, mode: int = 0o755) -> None:
-        self._op("mkdir", path=path, mode=mode)
-
-    def remove(self, path: str) -> None:
-        self._op("remove", path=path)
-
-    def chmod(self, path: str, mode: int) -> None:
-        self._op("chmod", path=path, mode=mode)
-
-    def chown(self, path: str, uid: int, gid: int) -> None:
-        self._op("chown", path=path, uid=uid, gid=gid)
-
-    def sysctl_get(self, key: str) -> str:
-        return self._op("sysctl_get", key=key)
-
-    def sysctl_set(self, key: str, value: str) -> None:
-        self._op("sysctl_set", key=key, value=value)
-
-    def link_set(self, iface: str, up: bool) -> None:
-        self._op("link_set", iface=iface, up=up)
-
-    def set_address(self, iface: str, cidr: str) -> None:
-        self._op("set_address", iface=iface, cidr=cidr)
-
-    def run(self, argv: list[str], timeout: float = 30.0) -> tuple[int, bytes]:
-        status, output = self._op("run", argv=argv, timeout=timeout)
-        return status, output
+    def _invoke(self, cap: Capability, args: dict[str, Any]) -> Any:
+        return self.vm.node.invoke(self.vm.name, cap, args, self.pid)
 
 
-class RemoteVM:
-    """The local VM interface, served by an agent."""
+class RemoteVM(Facade):
+    """The local VM interface (cloudvmi.interface.VMInterface), served by an agent."""
 
-    def __init__(self, node: Node, name: str) -> None:
+    _facet = "vm"
+    live = True  # agents serve running VMs
+
+    def __init__(self, node: Node, name: str, owns_node: bool = False) -> None:
         self.node = node
         self.name = name
+        self.owns_node = owns_node  # a node shared by several VMs stays open
         self.linux = RemoteLinux(self)
         self.guest = RemoteGuestOps(self)
 
-    def _read(self, address: int, size: int, physical: bool, pid: int | None) -> bytes:
-        chunks = self.node.call("ReadMemory", pb.MemoryRange(
-            vm=self.name, address=address, size=size, physical=physical, pid=pid or 0),
-            stream=True)
-        return b"".join(c.data for c in chunks)
+    def _invoke(self, cap: Capability, args: dict[str, Any]) -> Any:
+        return self.node.invoke(self.name, cap, args)
 
-    def read_physical(self, address: int, size: int) -> bytes:
-        return self._read(address, size, True, None)
-
-    def read_virtual(self, address: int, size: int, pid: int | None = None) -> bytes:
-        return self._read(address, size, False, pid)
-
-    def write_physical(self, address: int, data: bytes) -> None:
-        self.node.call("WriteMemory", pb.MemoryWrite(vm=self.name, address=address, data=data,
-                                                     physical=True))
-
-    def write_virtual(self, address: int, data: bytes, pid: int | None = None) -> None:
-        self.node.call("WriteMemory", pb.MemoryWrite(vm=self.name, address=address, data=data,
-                                                     physical=False, pid=pid or 0))
+    def snapshot(self) -> contextlib.AbstractContextManager[None]:
+        return held_still(self)
 
     def close(self) -> None:
-        self.node.close()
+        if self.owns_node:
+            self.node.close()
 
     def __enter__(self) -> "RemoteVM":
         return self
@@ -232,4 +191,4 @@ class RemoteVM:
 
 def connect(address: str, vm: str, tls: TLS | None = None, **kwargs) -> RemoteVM:
     """A VM on another node: cloudvmi.connect("10.0.0.2:7443", "web-1", tls=TLS(...))."""
-    return Node(address, tls, **kwargs).vm(vm)
+    return RemoteVM(Node(address, tls, **kwargs), vm, owns_node=True)

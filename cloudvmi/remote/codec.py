@@ -1,65 +1,174 @@
-"""Views and operation results to JSON and back, so a remote VM returns the very dataclasses
-a local one does."""
+"""Arguments and results to the wire and back, rebuilt from the capability's type hints, so
+a remote VM returns the very objects a local one does (nested dataclasses, lists, tuples,
+optional fields, generic results such as ViewResult[Process]).
+
+Bytes never travel inside JSON: each bytes value becomes {"__blob__": LENGTH} and its
+content follows the JSON as raw data, in order, so large payloads stream in chunks and the
+receiver knows how much to expect before reading any of it.
+"""
 
 import dataclasses
 import json
+import types
+import typing
 from typing import Any
 
-from cloudvmi.os.linux.views.common import ViewResult
-from cloudvmi.os.linux.views.info import KernelInfo
-from cloudvmi.os.linux.views.modules import Module
-from cloudvmi.os.linux.views.processes import Process, Thread
-from cloudvmi.write.operations import DirEntry, FileStat
-
-VIEW_ITEMS = {"processes": Process, "threads": Thread, "modules": Module}
+BLOB = "__blob__"
 
 
-def dumps(value: Any) -> str:
-    return json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"))
+def encode(value: Any) -> tuple[str, list[bytes]]:
+    """(JSON text, blobs) for a value made of dataclasses, lists, dicts, scalars and bytes."""
+    blobs: list[bytes] = []
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, bytes | bytearray | memoryview):
+            blobs.append(bytes(v))
+            return {BLOB: len(blobs[-1])}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+
+    return json.dumps(plain(value), ensure_ascii=False, separators=(",", ":")), blobs
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, bytes):
-        return {"__bytes__": value.hex()}
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+def blob_sizes(text: str) -> list[int]:
+    """The lengths of the blobs a JSON text announces, in order (checked before reading)."""
+    sizes: list[int] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            if set(v) == {BLOB}:
+                n = v[BLOB]
+                if not isinstance(n, int) or n < 0:
+                    raise ValueError("bad blob length")
+                sizes.append(n)
+            else:
+                for x in v.values():
+                    walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(json.loads(text))
+    return sizes
+
+
+def decode(text: str, blobs: bytes, hint: Any = Any) -> Any:
+    """Rebuild a value from its JSON and the concatenated blobs, guided by the type HINT."""
+    pos = 0
+
+    def unblob(v: Any) -> Any:
+        nonlocal pos
+        if isinstance(v, dict):
+            if set(v) == {BLOB}:
+                n = v[BLOB]
+                if not isinstance(n, int) or n < 0 or pos + n > len(blobs):
+                    raise ValueError("blob data shorter than announced")
+                out, pos = blobs[pos:pos + n], pos + n
+                return out
+            return {k: unblob(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [unblob(x) for x in v]
+        return v
+
+    return build(hint, unblob(json.loads(text)))
+
+
+def build(hint: Any, value: Any) -> Any:
+    """VALUE (plain JSON data) as an instance of HINT, recursively."""
+    if hint is Any or value is None:
+        return value
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return build(option, value)
+            except (TypeError, ValueError):
+                continue
+        return value
+    if origin in (list, tuple) and isinstance(value, list):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return tuple(build(a, v) for a, v in zip(args, value, strict=False))
+        item = args[0] if args else Any
+        out = [build(item, v) for v in value]
+        return tuple(out) if origin is tuple else out
+    if origin is dict and isinstance(value, dict):
+        vt = args[1] if len(args) == 2 else Any
+        return {k: build(vt, v) for k, v in value.items()}
+    cls = origin or hint
+    if dataclasses.is_dataclass(cls) and isinstance(value, dict):
+        try:
+            hints = typing.get_type_hints(cls)
+        except (NameError, TypeError):
+            hints = {}
+        params = dict(zip(getattr(cls, "__parameters__", ()), args, strict=False))
+        fields = {}
+        for f in dataclasses.fields(cls):
+            if f.name in value:
+                fh = hints.get(f.name, Any)
+                fields[f.name] = build(_substitute(fh, params), value[f.name])
+        return cls(**fields)
+    if cls is float and isinstance(value, int):
+        return float(value)
     return value
 
 
-def _unbytes(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"__bytes__"}:
-            return bytes.fromhex(value["__bytes__"])
-        return {k: _unbytes(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_unbytes(v) for v in value]
+def _substitute(hint: Any, params: dict) -> Any:
+    """HINT with type variables replaced (ViewResult[Process].items: list[T] -> list[Process])."""
+    if isinstance(hint, typing.TypeVar):
+        return params.get(hint, Any)
+    args = typing.get_args(hint)
+    if not args or not params:
+        return hint
+    new = tuple(_substitute(a, params) for a in args)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[new]  # noqa: UP007 - built from a tuple
+    return origin[new] if origin in (list, tuple, dict) else hint
+
+
+def check_args(cap, args: dict[str, Any]) -> dict[str, Any]:
+    """Arguments from a client, checked against the capability's declared parameters:
+    unknown names refused, required ones present, each of its declared type."""
+    out = cap.bind((), args)
+    for name, value in out.items():
+        hint = cap.param(name).type
+        out[name] = _typed(hint, build(hint, value), f"{cap.key}: {name}")
+    return out
+
+
+def _typed(hint: Any, value: Any, what: str) -> Any:
+    origin = typing.get_origin(hint) or hint
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return value
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _typed(option, value, what)
+            except TypeError:
+                continue
+        raise TypeError(f"{what} has the wrong type")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"{what} must be a list")
+        item = args[0] if args else Any
+        return origin(_typed(item, v, what) for v in value)
+    if origin is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is int and isinstance(value, bool):
+        raise TypeError(f"{what} must be an integer")
+    if isinstance(origin, type) and not isinstance(value, origin):
+        raise TypeError(f"{what} must be {origin.__name__}, not {type(value).__name__}")
     return value
-
-
-def loads(text: str) -> Any:
-    return _unbytes(json.loads(text))
-
-
-def view_from_json(view: str, text: str):
-    data = loads(text)
-    if view == "info":
-        return KernelInfo(**data)
-    cls = VIEW_ITEMS[view]
-    return ViewResult(items=[cls(**item) for item in data["items"]], partial=data["partial"])
-
-
-RESULT_TYPES = {"stat": FileStat, "listdir": DirEntry}
-
-
-def result_from_json(op: str, text: str) -> Any:
-    data = loads(text)
-    cls = RESULT_TYPES.get(op)
-    if cls is None:
-        return tuple(data) if op == "run" else data
-    if isinstance(data, list):
-        return [cls(**d) for d in data]
-    return cls(**data)

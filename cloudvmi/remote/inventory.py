@@ -85,11 +85,11 @@ def load(path: str | Path | None = None) -> Inventory:
 
 
 def open_target(target: str, writable: bool = False):
-    """A VM by any name the CLI takes: VM@NODE (through its agent), a lab guest, a QMP
-    socket, or a dump file."""
+    """A VM by any name the CLI takes: VM@NODE (through its agent), a VM a finder knows (a
+    lab guest), a QMP socket, or a dump file."""
     if "@" in target and not Path(target).exists():
         vm, _, node = target.rpartition("@")
-        return RemoteVM(load().node(node), vm)
+        return RemoteVM(load().node(node), vm, owns_node=True)
     from cloudvmi.vm import attach
 
     return attach(target, writable=writable)

@@ -1,6 +1,6 @@
-"""The VMs a node's agent serves: its lab guests and QEMUs whose QMP sockets sit in the
-configured directories. Each is attached once, on first use, and used under its own lock
-(QMP and the gdbstub serve one client at a time)."""
+"""The VMs a node's agent serves: those its finders know (the lab's guests) and QEMUs whose
+QMP sockets sit in the configured directories. Each is attached once, on first use, and used
+under its own lock (QMP and the gdbstub serve one client at a time)."""
 
 import contextlib
 import stat
@@ -8,8 +8,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudvmi.control import discovery
 from cloudvmi.errors import CloudVMIError
-from cloudvmi.lab import guest as lab
 from cloudvmi.vm import VM, attach
 
 
@@ -20,14 +20,14 @@ class UnknownVM(CloudVMIError):
 @dataclass
 class Entry:
     name: str
-    kind: str  # "lab" | "qmp"
+    kind: str  # the finder's name ("lab") or "qmp"
     target: str  # what attach() takes
     detail: str
 
 
 class Registry:
-    def __init__(self, lab_guests: bool, qmp_dirs: list[Path]) -> None:
-        self.lab_guests = lab_guests
+    def __init__(self, finders: list[str], qmp_dirs: list[Path]) -> None:
+        self.finders = finders
         self.qmp_dirs = qmp_dirs
         self._vms: dict[str, VM] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -42,10 +42,9 @@ class Registry:
                         found[path.stem] = Entry(path.stem, "qmp", str(path), str(path))
                 except OSError:
                     continue
-        if self.lab_guests:
-            for g in lab.list_guests():
-                if g.running():
-                    found[g.name] = Entry(g.name, "lab", g.name, g.meta.get("release", ""))
+        if self.finders:
+            for f in discovery.running(self.finders):
+                found[f.name] = Entry(f.name, f.kind, f.name, f.detail)
         return sorted(found.values(), key=lambda e: e.name)
 
     def lock(self, name: str) -> threading.Lock:
@@ -60,7 +59,7 @@ class Registry:
         entry = next((e for e in self.discover() if e.name == name), None)
         if entry is None:
             raise UnknownVM(f"no VM {name!r} on this node")
-        vm = attach(entry.target, writable=True)
+        vm = attach(entry.target, writable=True, finders=self.finders)
         vm.name = name
         try:
             vm.recover_pending()

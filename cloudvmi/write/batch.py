@@ -1,19 +1,12 @@
 """The batched channel: a small interpreter placed in a private guest mapping walks a table
 of system calls in one hijack, so each call costs a syscall, not a debugger round trip.
 
-The code is batch_x86_64.S assembled; tests re-assemble it and compare the bytes.
+The interpreter's code is the architecture's (`Arch.batch_code`); this is the table it walks.
 """
 
 import struct
 from dataclasses import dataclass, field
 
-CODE = bytes.fromhex(
-    "4d39ec0f8390000000498b5c2438498b7c2408f6c3017403488b3f498b742410f6c3027403488b36498b5424"
-    "18f6c3047403488b124d8b542420f6c30874034d8b124d8b442428f6c31074034d8b004d8b4c2430f6c32074"
-    "034d8b09498b04240f0549894424404983c44889d9c1e91081e1ff000000740c4885c07407486bc9484901cc"
-    "f6c7010f8473ffffff483d01f0ffff0f8267ffffffebfe"
-)
-DONE = 0x99  # offset of `done: jmp done`, where a hardware breakpoint ends the batch
 ENTRY = struct.Struct("<9Q")  # nr, arg0..arg5, flags, result
 STOP_ON_ERROR = 1 << 8
 NOT_RUN = 1 << 63  # no syscall returns this: errors are -4095..-1, addresses are canonical
@@ -44,7 +37,7 @@ class Batch:
     def add(self, nr: int, *args, stop_on_error: bool = True, parent_skips: int = 0) -> int:
         """Append a call; returns its index (use `result(i)` as a later call's argument)."""
         if len(args) > 6:
-            raise ValueError("x86-64 system calls take at most 6 arguments")
+            raise ValueError("system calls take at most 6 arguments")
         self.calls.append(Call(nr, tuple(args), stop_on_error, parent_skips))
         return len(self.calls) - 1
 

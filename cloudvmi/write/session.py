@@ -3,21 +3,28 @@ and a data area. Everything is undone on exit (mapping released, registers resto
 every path."""
 
 from cloudvmi.write import batch as batch_mod
-from cloudvmi.write.injector import PAGE, InjectionError, Injector
-from cloudvmi.write.syscalls import errno_of
+from cloudvmi.write.errors import InjectionError, check
+from cloudvmi.write.injector import Injector
 
-TABLE_SIZE = 16 * PAGE  # 910 calls a batch
+TABLE_PAGES = 16  # 910 calls a batch
+DATA = 256 * 1024  # default data area
 
 
 class GuestSession:
     """`with GuestSession(injector, data_size) as s: s.run(batch)`; data lives at s.data."""
 
-    def __init__(self, injector: Injector, data_size: int = 64 * PAGE,
+    check = staticmethod(check)
+
+    def __init__(self, injector: Injector, data_size: int = DATA,
                  pid: int | None = None) -> None:
         self.injector = injector
+        self.abi = injector.abi
         self.pid = pid
-        self.data_size = (data_size + PAGE - 1) // PAGE * PAGE
-        self.size = PAGE + TABLE_SIZE + self.data_size
+        page = injector.arch.page_size
+        self.code_size = page
+        self.table_size = TABLE_PAGES * page
+        self.data_size = (data_size + page - 1) // page * page
+        self.size = self.code_size + self.table_size + self.data_size
         self.base = 0
         self._cursor = 0
 
@@ -26,7 +33,7 @@ class GuestSession:
         inj.hijack(self.pid)
         try:
             self.base = inj.map_scratch(self.size)
-            inj.write_user(self.base, batch_mod.CODE)
+            inj.write_user(self.base, inj.arch.batch_code)
         except BaseException:
             self._undo()
             raise
@@ -46,11 +53,11 @@ class GuestSession:
 
     @property
     def table(self) -> int:
-        return self.base + PAGE
+        return self.base + self.code_size
 
     @property
     def data(self) -> int:
-        return self.base + PAGE + TABLE_SIZE
+        return self.table + self.table_size
 
     def batch(self) -> batch_mod.Batch:
         self._cursor = 0
@@ -75,29 +82,9 @@ class GuestSession:
 
     def run(self, batch: batch_mod.Batch) -> list[int | None]:
         """Run the batch in the hijacked thread; each call's raw result (None: not run)."""
-        if len(batch.calls) * batch_mod.ENTRY.size > TABLE_SIZE:
+        if len(batch.calls) * batch_mod.ENTRY.size > self.table_size:
             raise InjectionError("too many calls for one batch")
         self.injector.write_user(batch.table, batch.encode())
         self.injector.run_batch(self.base, batch)
         return batch.decode_results(self.read(batch.table, len(batch.calls) *
                                               batch_mod.ENTRY.size))
-
-
-def check(result: int | None, what: str) -> int:
-    """A call's result, or a clear error naming the call and the errno."""
-    from cloudvmi.write.syscalls import errno_name
-
-    if result is None:
-        raise InjectionError(f"{what}: not run (an earlier call failed)")
-    errno = errno_of(result)
-    if errno is not None:
-        raise GuestOSError(errno, f"{what}: {errno_name(errno)}")
-    return result
-
-
-class GuestOSError(InjectionError):
-    """A system call in the guest failed; `errno` says why (the guest is intact)."""
-
-    def __init__(self, errno: int, message: str) -> None:
-        super().__init__(message)
-        self.errno = errno

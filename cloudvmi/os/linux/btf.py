@@ -760,6 +760,11 @@ class BTF:
             return f"{self.type_name(t.type_id, _depth + 1)} ({params})"
         return name or f"<anonymous {kind.name.lower()}>"
 
+    @property
+    def endian(self) -> str:
+        """The guest's byte order as a struct prefix ("<" or ">"), from the BTF header."""
+        return self._endian
+
     def __repr__(self) -> str:
         return f"<BTF {len(self) - 1} types, {len(self.data)} bytes>"
 

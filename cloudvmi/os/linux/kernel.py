@@ -11,19 +11,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudvmi.arch.x86_64 import AddressSpace, TranslationCache
+from cloudvmi import arch as arches
+from cloudvmi.arch import Arch
 from cloudvmi.errors import GuestMemoryError, ProfileError, UnmappedAddress
 from cloudvmi.memory.base import PhysicalMemory
 from cloudvmi.os.linux.btf import BTF, locate_btf
 from cloudvmi.os.linux.kallsyms import Kallsyms, kallsyms_candidates
 from cloudvmi.os.linux.profile import Profile, ProfileStore
 
-KERNEL_WINDOW = (0xFFFF_FFFF_8000_0000, 0xFFFF_FFFF_C000_0000)  # __START_KERNEL_map, 1 GiB
-SLOT = 2 << 20  # CONFIG_PHYSICAL_ALIGN is a multiple of 2 MiB on x86-64
 BANNER_PREFIX = b"Linux version "
 BTF_MAGIC = b"\x9f\xeb\x01"
-# Default direct-map bases when the kernel does not randomize memory.
-DIRECT_MAP = {4: 0xFFFF_8880_0000_0000, 5: 0xFF11_0000_0000_0000}
 
 
 @dataclass
@@ -38,7 +35,10 @@ class LinuxKernel:
     """A located kernel: symbols, types and the kernel address space, for the views."""
 
     def __init__(self, phys: PhysicalMemory, profile: Profile, btf: BTF, text_phys: int,
-                 text_virt: int, levels: int, stats: LocateStats) -> None:
+                 text_virt: int, levels: int, stats: LocateStats,
+                 arch: Arch | None = None) -> None:
+        self.arch = arch or arches.get()
+        self._u64 = self.arch.pointer
         self.phys = phys
         self.profile = profile
         self.btf = btf
@@ -55,13 +55,23 @@ class LinuxKernel:
         self.image_end = self.symbols.get("_end") or text_virt + (64 << 20)
         pgd = self.symbols.get("init_top_pgt") or self.symbols.lookup("init_level4_pgt")
         self.kernel_pgd = self.image_phys(pgd)
-        self.space = AddressSpace(phys, self.kernel_pgd, levels)
+        self.space = self.arch.address_space(phys, self.kernel_pgd, levels)
         self.space.add_linear_range(text_virt, self.image_end - text_virt, text_phys)
         base_sym = self.symbols.get("page_offset_base")
-        self.page_offset = (self.read_u64(base_sym) if base_sym else DIRECT_MAP[levels])
+        self.page_offset = (self.read_u64(base_sym) if base_sym
+                            else self.arch.direct_map[levels])
         ram_end = max(r.end for r in phys.regions())
         self.space.add_linear_range(self.page_offset, ram_end, 0)
-        self._user_spaces: dict[int, AddressSpace] = {}
+        self._user_spaces: dict[int, object] = {}
+        self._helpers: dict[type, object] = {}
+
+    def helper(self, cls):
+        """A per-kernel helper built once (compiled struct layouts): kernel.helper(TaskReader).
+        Views share them instead of compiling layouts on every call."""
+        h = self._helpers.get(cls)
+        if h is None:
+            h = self._helpers[cls] = cls(self)
+        return h
 
     # -- addresses -------------------------------------------------------------------------
     def image_phys(self, vaddr: int) -> int:
@@ -74,7 +84,7 @@ class LinuxKernel:
         return self.space.read(vaddr, size)
 
     def read_u64(self, vaddr: int) -> int:
-        return struct.unpack("<Q", self.space.read(vaddr, 8))[0]
+        return self._u64.unpack(self.space.read(vaddr, self._u64.size))[0]
 
     def read_cstring(self, vaddr: int, limit: int = 4096) -> bytes:
         data = b""
@@ -87,14 +97,15 @@ class LinuxKernel:
             data += chunk
         return data
 
-    def user_space(self, pgd_virt: int) -> AddressSpace:
+    def user_space(self, pgd_virt: int):
         """The address space of a process, from its mm->pgd (a direct-map pointer)."""
         space = self._user_spaces.get(pgd_virt)
         if space is None:
             pgd_phys = pgd_virt - self.page_offset
             if not self.phys.contains(pgd_phys, 4096):
                 raise UnmappedAddress(pgd_virt, "page-table root (mm->pgd)")
-            space = AddressSpace(self.phys, pgd_phys, self.levels, TranslationCache(4096))
+            space = self.arch.address_space(self.phys, pgd_phys, self.levels,
+                                            self.arch.translation_cache(4096))
             self._user_spaces[pgd_virt] = space
         return space
 
@@ -119,12 +130,14 @@ class LinuxKernel:
         return self.profile.banner.decode("utf-8", "replace").strip()
 
 
-def locate(phys: PhysicalMemory, cache_dir: Path | None = None) -> LinuxKernel:
+def locate(phys: PhysicalMemory, cache_dir: Path | None = None,
+           arch: Arch | None = None) -> LinuxKernel:
     """Find the kernel: warm from a cached profile when one matches, else cold."""
+    arch = arch or arches.get()
     store = ProfileStore(cache_dir)
     start = time.perf_counter()
     for profile, btf_path in store.load_all():
-        text_phys = _find_load_address(phys, profile)
+        text_phys = _load_slot(phys, arch, (profile.banner_offset, profile.banner))
         if text_phys is None:
             continue
         stats = LocateStats(warm=True)
@@ -135,34 +148,31 @@ def locate(phys: PhysicalMemory, cache_dir: Path | None = None) -> LinuxKernel:
             continue
         if phys.read(text_phys + profile.btf_offset, 24) != btf_blob[:24]:
             continue
-        return _finish(phys, profile, btf_blob, text_phys, None, stats)
-    return _locate_cold(phys, store)
+        return _finish(phys, arch, profile, btf_blob, text_phys, None, stats)
+    return _locate_cold(phys, arch, store)
 
 
-def _load_slot(phys: PhysicalMemory, *checks: tuple[int, bytes]) -> int | None:
-    """The first 2 MiB-aligned physical load address where, for each (offset, bytes) check,
-    those bytes sit at that offset from it."""
+def _load_slot(phys: PhysicalMemory, arch: Arch, *checks: tuple[int, bytes]) -> int | None:
+    """The first physical load address on the architecture's alignment where, for each
+    (offset, bytes) check, those bytes sit at that offset from it."""
     reach = max(off + len(want) for off, want in checks)
+    slot_size = arch.kernel_align
     for region in phys.regions():
-        slot = (region.start + SLOT - 1) // SLOT * SLOT
+        slot = (region.start + slot_size - 1) // slot_size * slot_size
         while slot + reach <= region.end:
             try:
                 if all(phys.read(slot + off, len(want)) == want for off, want in checks):
                     return slot
             except UnmappedAddress:
                 pass
-            slot += SLOT
+            slot += slot_size
     return None
-
-
-def _find_load_address(phys: PhysicalMemory, profile: Profile) -> int | None:
-    return _load_slot(phys, (profile.banner_offset, profile.banner))
 
 
 MAX_CANDIDATES = 8  # consistent kallsyms tables tried before giving up (fakes are hostile)
 
 
-def _locate_cold(phys: PhysicalMemory, store: ProfileStore) -> LinuxKernel:
+def _locate_cold(phys: PhysicalMemory, arch: Arch, store: ProfileStore) -> LinuxKernel:
     """Take the first kallsyms table that BTF, the banner and the page tables all confirm."""
     stats = LocateStats(warm=False)
     t0 = time.perf_counter()
@@ -172,7 +182,7 @@ def _locate_cold(phys: PhysicalMemory, store: ProfileStore) -> LinuxKernel:
             break
         stats.seconds["kallsyms"] = time.perf_counter() - t0
         try:
-            kernel, profile, blob = _from_symbols(phys, syms, stats)
+            kernel, profile, blob = _from_symbols(phys, arch, syms, stats)
         except (ProfileError, GuestMemoryError) as exc:
             rejected.append(f"table at {syms.table_paddr:#x}: {exc}")
             continue
@@ -182,7 +192,7 @@ def _locate_cold(phys: PhysicalMemory, store: ProfileStore) -> LinuxKernel:
                        + "; ".join(rejected[:3]))
 
 
-def _from_symbols(phys: PhysicalMemory, syms: Kallsyms, stats: LocateStats):
+def _from_symbols(phys: PhysicalMemory, arch: Arch, syms: Kallsyms, stats: LocateStats):
     t1 = time.perf_counter()
     try:
         text_virt = syms.lookup("_text")
@@ -191,7 +201,7 @@ def _from_symbols(phys: PhysicalMemory, syms: Kallsyms, stats: LocateStats):
     except KeyError as exc:
         raise ProfileError(f"kallsyms lacks a symbol every kernel has: {exc}") from exc
     btf_end = syms.get("__stop_BTF")
-    text_phys = _load_slot(phys, (btf_virt - text_virt, BTF_MAGIC),
+    text_phys = _load_slot(phys, arch, (btf_virt - text_virt, BTF_MAGIC),
                            (banner_virt - text_virt, BANNER_PREFIX))
     if text_phys is not None and btf_end:
         btf_paddr, btf_size = text_phys + btf_virt - text_virt, btf_end - btf_virt
@@ -206,7 +216,7 @@ def _from_symbols(phys: PhysicalMemory, syms: Kallsyms, stats: LocateStats):
         text_virt=text_virt,
     )
     blob = phys.read(btf_paddr, btf_size)
-    return _finish(phys, profile, blob, text_phys, text_virt, stats), profile, blob
+    return _finish(phys, arch, profile, blob, text_phys, text_virt, stats), profile, blob
 
 
 def _read_banner(phys: PhysicalMemory, paddr: int) -> bytes:
@@ -220,39 +230,41 @@ def _read_banner(phys: PhysicalMemory, paddr: int) -> bytes:
     return data[: data.index(b"\0")]
 
 
-def _finish(phys: PhysicalMemory, profile: Profile, btf_blob: bytes, text_phys: int,
-            text_virt: int | None, stats: LocateStats) -> LinuxKernel:
+def _finish(phys: PhysicalMemory, arch: Arch, profile: Profile, btf_blob: bytes,
+            text_phys: int, text_virt: int | None, stats: LocateStats) -> LinuxKernel:
     t0 = time.perf_counter()
     btf = BTF.from_bytes(btf_blob)
     stats.seconds["btf_parse"] = time.perf_counter() - t0
     offsets = dict(zip(profile.names, profile.offsets, strict=False))
-    levels = _paging_levels(phys, text_phys, offsets)
+    levels = _paging_levels(phys, arch, text_phys, offsets)
     pgd_off = offsets.get("init_top_pgt", offsets.get("init_level4_pgt"))
     if pgd_off is None:
         raise ProfileError("no init_top_pgt symbol: cannot find the kernel page tables")
     pgd_phys = text_phys + pgd_off
     t1 = time.perf_counter()
-    found = _virtual_text(phys, pgd_phys, levels, text_phys)
+    found = _virtual_text(phys, arch, pgd_phys, levels, text_phys)
     stats.seconds["virtual_slide"] = time.perf_counter() - t1
     if found is None:
         raise ProfileError("the kernel page tables do not map the kernel image")
     if text_virt is not None and found != text_virt:
         raise ProfileError(f"page tables map _text at {found:#x}, kallsyms says {text_virt:#x}")
-    return LinuxKernel(phys, profile, btf, text_phys, found, levels, stats)
+    return LinuxKernel(phys, profile, btf, text_phys, found, levels, stats, arch)
 
 
-def _paging_levels(phys: PhysicalMemory, text_phys: int, offsets: dict[str, int]) -> int:
+def _paging_levels(phys: PhysicalMemory, arch: Arch, text_phys: int,
+                   offsets: dict[str, int]) -> int:
     off = offsets.get("__pgtable_l5_enabled")
     if off is None:
         return 4
-    return 5 if struct.unpack("<I", phys.read(text_phys + off, 4))[0] else 4
+    return 5 if struct.unpack(arch.endian + "I", phys.read(text_phys + off, 4))[0] else 4
 
 
-def _virtual_text(phys: PhysicalMemory, pgd_phys: int, levels: int, text_phys: int) -> int | None:
+def _virtual_text(phys: PhysicalMemory, arch: Arch, pgd_phys: int, levels: int,
+                  text_phys: int) -> int | None:
     """Where the kernel's own page tables map the physical _text, in the kernel window."""
-    space = AddressSpace(phys, pgd_phys, levels)
+    space = arch.address_space(phys, pgd_phys, levels)
     try:
-        for m in space.mappings(*KERNEL_WINDOW, limit=1 << 16):
+        for m in space.mappings(*arch.kernel_window, limit=1 << 16):
             if m.pbase <= text_phys < m.pbase + m.size:
                 return m.vbase + (text_phys - m.pbase)
     except GuestMemoryError:

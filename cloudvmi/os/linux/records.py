@@ -33,6 +33,7 @@ class Record:
     def __init__(self, btf: BTF, struct_name: str, fields: dict[str, str],
                  optional: tuple[str, ...] = ()) -> None:
         self.struct = btf.struct(struct_name)
+        self.endian = btf.endian
         self.size = self.struct.size
         slots = []
         for name, path in fields.items():
@@ -65,8 +66,21 @@ class Record:
     def __contains__(self, name: str) -> bool:
         return name in self.names
 
+    def _slot(self, name: str) -> _Slot:
+        return next(s for s in self.slots if s.name == name)
+
     def offset(self, name: str) -> int:
-        return next(s.offset for s in self.slots if s.name == name)
+        return self._slot(name).offset
+
+    def size_of(self, name: str) -> int:
+        return self._slot(name).size
+
+    def write(self, space, address: int, name: str, value: int) -> None:
+        """Write one integer field (not a bitfield) of the struct at ADDRESS."""
+        s = self._slot(name)
+        if s.fmt is None or s.bit_size:
+            raise TypeError(f"{name} is not a plain integer field")
+        space.write(address + s.offset, struct.pack(self.endian + s.fmt, value))
 
     def read(self, space, address: int) -> dict:
         """One read of the span covering every field, then unpack each field from it."""
@@ -77,7 +91,7 @@ class Record:
             if s.fmt is None:
                 out[s.name] = raw[s.offset - lo:s.offset - lo + s.size]
                 continue
-            value = struct.unpack_from("<" + s.fmt, raw, s.offset - lo)[0]
+            value = struct.unpack_from(self.endian + s.fmt, raw, s.offset - lo)[0]
             if s.bit_size:
                 value = (value >> s.bit_offset) & ((1 << s.bit_size) - 1)
             out[s.name] = value

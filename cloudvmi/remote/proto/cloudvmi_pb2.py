@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$cloudvmi/remote/proto/cloudvmi.proto\x12\x0b\x63loudvmi.v1\"\x07\n\x05\x45mpty\"E\n\x06VMInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07running\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"8\n\x06VMList\x12\x0c\n\x04node\x18\x01 \x01(\t\x12 \n\x03vms\x18\x02 \x03(\x0b\x32\x13.cloudvmi.v1.VMInfo\"\'\n\x0bViewRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x0c\n\x04view\x18\x02 \x01(\t\"\x19\n\tJsonReply\x12\x0c\n\x04json\x18\x01 \x01(\t\"W\n\x0bMemoryRange\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x10\n\x08physical\x18\x04 \x01(\x08\x12\x0b\n\x03pid\x18\x05 \x01(\x05\"W\n\x0bMemoryWrite\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x10\n\x08physical\x18\x04 \x01(\x08\x12\x0b\n\x03pid\x18\x05 \x01(\x05\"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"F\n\tOperation\x12\n\n\x02vm\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x11\n\targs_json\x18\x03 \x01(\t\x12\x0e\n\x06\x61s_pid\x18\x04 \x01(\x05\"3\n\x07\x46ileRef\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06\x61s_pid\x18\x03 \x01(\x05\"a\n\tFileChunk\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06\x61ppend\x18\x03 \x01(\x08\x12\x0c\n\x04mode\x18\x04 \x01(\r\x12\x0e\n\x06\x61s_pid\x18\x05 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x32\x9e\x03\n\x05\x41gent\x12\x32\n\x07ListVMs\x12\x12.cloudvmi.v1.Empty\x1a\x13.cloudvmi.v1.VMList\x12\x38\n\x04View\x12\x18.cloudvmi.v1.ViewRequest\x1a\x16.cloudvmi.v1.JsonReply\x12<\n\nReadMemory\x12\x18.cloudvmi.v1.MemoryRange\x1a\x12.cloudvmi.v1.Chunk0\x01\x12;\n\x0bWriteMemory\x12\x18.cloudvmi.v1.MemoryWrite\x1a\x12.cloudvmi.v1.Empty\x12\x39\n\x07Operate\x12\x16.cloudvmi.v1.Operation\x1a\x16.cloudvmi.v1.JsonReply\x12\x36\n\x08ReadFile\x12\x14.cloudvmi.v1.FileRef\x1a\x12.cloudvmi.v1.Chunk0\x01\x12\x39\n\tWriteFile\x12\x16.cloudvmi.v1.FileChunk\x1a\x12.cloudvmi.v1.Empty(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$cloudvmi/remote/proto/cloudvmi.proto\x12\x0b\x63loudvmi.v1\"\x07\n\x05\x45mpty\"E\n\x06VMInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07running\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"8\n\x06VMList\x12\x0c\n\x04node\x18\x01 \x01(\t\x12 \n\x03vms\x18\x02 \x03(\x0b\x32\x13.cloudvmi.v1.VMInfo\"W\n\x04\x43\x61ll\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x12\n\ncapability\x18\x02 \x01(\t\x12\x11\n\targs_json\x18\x03 \x01(\t\x12\x0e\n\x06\x61s_pid\x18\x04 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"#\n\x05Reply\x12\x0c\n\x04json\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x32p\n\x05\x41gent\x12\x32\n\x07ListVMs\x12\x12.cloudvmi.v1.Empty\x1a\x13.cloudvmi.v1.VMList\x12\x33\n\x06Invoke\x12\x11.cloudvmi.v1.Call\x1a\x12.cloudvmi.v1.Reply(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,22 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VMINFO']._serialized_end=131
   _globals['_VMLIST']._serialized_start=133
   _globals['_VMLIST']._serialized_end=189
-  _globals['_VIEWREQUEST']._serialized_start=191
-  _globals['_VIEWREQUEST']._serialized_end=230
-  _globals['_JSONREPLY']._serialized_start=232
-  _globals['_JSONREPLY']._serialized_end=257
-  _globals['_MEMORYRANGE']._serialized_start=259
-  _globals['_MEMORYRANGE']._serialized_end=346
-  _globals['_MEMORYWRITE']._serialized_start=348
-  _globals['_MEMORYWRITE']._serialized_end=435
-  _globals['_CHUNK']._serialized_start=437
-  _globals['_CHUNK']._serialized_end=474
-  _globals['_OPERATION']._serialized_start=476
-  _globals['_OPERATION']._serialized_end=546
-  _globals['_FILEREF']._serialized_start=548
-  _globals['_FILEREF']._serialized_end=599
-  _globals['_FILECHUNK']._serialized_start=601
-  _globals['_FILECHUNK']._serialized_end=698
-  _globals['_AGENT']._serialized_start=701
-  _globals['_AGENT']._serialized_end=1115
+  _globals['_CALL']._serialized_start=191
+  _globals['_CALL']._serialized_end=278
+  _globals['_REPLY']._serialized_start=280
+  _globals['_REPLY']._serialized_end=315
+  _globals['_AGENT']._serialized_start=317
+  _globals['_AGENT']._serialized_end=429
 # @@protoc_insertion_point(module_scope)

@@ -39,35 +39,10 @@ class AgentStub:
                 request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Empty.SerializeToString,
                 response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.VMList.FromString,
                 _registered_method=True)
-        self.View = channel.unary_unary(
-                '/cloudvmi.v1.Agent/View',
-                request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.ViewRequest.SerializeToString,
-                response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.JsonReply.FromString,
-                _registered_method=True)
-        self.ReadMemory = channel.unary_stream(
-                '/cloudvmi.v1.Agent/ReadMemory',
-                request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.MemoryRange.SerializeToString,
-                response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Chunk.FromString,
-                _registered_method=True)
-        self.WriteMemory = channel.unary_unary(
-                '/cloudvmi.v1.Agent/WriteMemory',
-                request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.MemoryWrite.SerializeToString,
-                response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Empty.FromString,
-                _registered_method=True)
-        self.Operate = channel.unary_unary(
-                '/cloudvmi.v1.Agent/Operate',
-                request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Operation.SerializeToString,
-                response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.JsonReply.FromString,
-                _registered_method=True)
-        self.ReadFile = channel.unary_stream(
-                '/cloudvmi.v1.Agent/ReadFile',
-                request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.FileRef.SerializeToString,
-                response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Chunk.FromString,
-                _registered_method=True)
-        self.WriteFile = channel.stream_unary(
-                '/cloudvmi.v1.Agent/WriteFile',
-                request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.FileChunk.SerializeToString,
-                response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Empty.FromString,
+        self.Invoke = channel.stream_stream(
+                '/cloudvmi.v1.Agent/Invoke',
+                request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
+                response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
                 _registered_method=True)
 
 
@@ -80,37 +55,7 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def View(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ReadMemory(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def WriteMemory(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Operate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ReadFile(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def WriteFile(self, request_iterator, context):
+    def Invoke(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,35 +69,10 @@ def add_AgentServicer_to_server(servicer, server):
                     request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Empty.FromString,
                     response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.VMList.SerializeToString,
             ),
-            'View': grpc.unary_unary_rpc_method_handler(
-                    servicer.View,
-                    request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.ViewRequest.FromString,
-                    response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.JsonReply.SerializeToString,
-            ),
-            'ReadMemory': grpc.unary_stream_rpc_method_handler(
-                    servicer.ReadMemory,
-                    request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.MemoryRange.FromString,
-                    response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Chunk.SerializeToString,
-            ),
-            'WriteMemory': grpc.unary_unary_rpc_method_handler(
-                    servicer.WriteMemory,
-                    request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.MemoryWrite.FromString,
-                    response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Empty.SerializeToString,
-            ),
-            'Operate': grpc.unary_unary_rpc_method_handler(
-                    servicer.Operate,
-                    request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Operation.FromString,
-                    response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.JsonReply.SerializeToString,
-            ),
-            'ReadFile': grpc.unary_stream_rpc_method_handler(
-                    servicer.ReadFile,
-                    request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.FileRef.FromString,
-                    response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Chunk.SerializeToString,
-            ),
-            'WriteFile': grpc.stream_unary_rpc_method_handler(
-                    servicer.WriteFile,
-                    request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.FileChunk.FromString,
-                    response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Empty.SerializeToString,
+            'Invoke': grpc.stream_stream_rpc_method_handler(
+                    servicer.Invoke,
+                    request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.FromString,
+                    response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -193,7 +113,7 @@ class Agent:
             _registered_method=True)
 
     @staticmethod
-    def View(request,
+    def Invoke(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -203,147 +123,12 @@ class Agent:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/cloudvmi.v1.Agent/View',
-            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.ViewRequest.SerializeToString,
-            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.JsonReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ReadMemory(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/cloudvmi.v1.Agent/ReadMemory',
-            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.MemoryRange.SerializeToString,
-            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Chunk.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def WriteMemory(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/cloudvmi.v1.Agent/WriteMemory',
-            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.MemoryWrite.SerializeToString,
-            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Empty.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Operate(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/cloudvmi.v1.Agent/Operate',
-            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Operation.SerializeToString,
-            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.JsonReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ReadFile(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/cloudvmi.v1.Agent/ReadFile',
-            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.FileRef.SerializeToString,
-            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Chunk.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def WriteFile(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_unary(
+        return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/cloudvmi.v1.Agent/WriteFile',
-            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.FileChunk.SerializeToString,
-            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Empty.FromString,
+            '/cloudvmi.v1.Agent/Invoke',
+            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
+            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
             options,
             channel_credentials,
             insecure,

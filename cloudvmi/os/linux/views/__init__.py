@@ -1,0 +1,1 @@
+"""Views of a Linux guest, one subsystem per module (see catalog.py)."""

@@ -3,6 +3,7 @@
 import contextlib
 from dataclasses import dataclass, field
 
+from cloudvmi.capability import view
 from cloudvmi.errors import GuestMemoryError, ProfileError
 from cloudvmi.os.linux.btf import MemberNotFound
 from cloudvmi.os.linux.kernel import LinuxKernel
@@ -61,7 +62,9 @@ def _uptime(kernel: LinuxKernel) -> float | None:
     return (t["base"] + t["offs_boot"]) / 1e9
 
 
+@view(title="Kernel of {vm}")
 def info(kernel: LinuxKernel) -> KernelInfo:
+    """The guest kernel's identity: version, command line, uptime, how it was found."""
     release = hostname = cmdline = ""
     try:
         uts = Record(kernel.btf, "uts_namespace",

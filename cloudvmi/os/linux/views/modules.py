@@ -1,8 +1,8 @@
 """Loaded kernel modules, from the kernel's `modules` list, as /proc/modules shows them."""
 
-import struct
 from dataclasses import dataclass
 
+from cloudvmi.capability import Column, view
 from cloudvmi.errors import GuestMemoryError
 from cloudvmi.os.linux.btf import MemberNotFound
 from cloudvmi.os.linux.kernel import LinuxKernel
@@ -50,19 +50,20 @@ class ModuleReader:
         return m["core"] + m["init"]
 
 
+@view(title="Modules of {vm}", columns=(
+    Column("NAME", "name"), Column("SIZE", "size", True), Column("REFS", "refcount", True),
+    Column("STATE", "state"), Column("ADDRESS", lambda m: f"{m.address:#x}")))
 def modules(kernel: LinuxKernel) -> ViewResult[Module]:
+    """List loaded kernel modules, as /proc/modules shows them."""
     try:
-        reader = ModuleReader(kernel)
+        reader = kernel.helper(ModuleReader)
     except MemberNotFound as exc:
         return ViewResult(partial=f"struct module not understood: {exc}")
     head = kernel.symbols.lookup("modules")
     result: ViewResult[Module] = ViewResult()
 
-    def read_u64(address: int) -> int:
-        return struct.unpack("<Q", kernel.read(address, 8))[0]
-
     try:
-        for node in list_nodes(read_u64, head, MAX_MODULES):
+        for node in list_nodes(kernel.read_u64, head, MAX_MODULES):
             address = node - reader.list_offset
             try:
                 m = reader.record.read(kernel, address)

@@ -1,8 +1,8 @@
 """Processes and threads, rebuilt from the kernel's task list (init_task.tasks)."""
 
-import struct
 from dataclasses import dataclass, field
 
+from cloudvmi.capability import Column, view
 from cloudvmi.errors import GuestMemoryError
 from cloudvmi.os.linux.kernel import LinuxKernel
 from cloudvmi.os.linux.records import Record, cstring
@@ -99,7 +99,7 @@ class TaskReader:
                                            "root": "mnt.mnt_root"})
 
     def read_u64(self, address: int) -> int:
-        return struct.unpack("<Q", self.kernel.read(address, 8))[0]
+        return self.kernel.read_u64(address)
 
     def comm(self, t: dict) -> str:
         """The name /proc/PID/stat shows (fs/proc/array.c proc_task_name)."""
@@ -178,9 +178,17 @@ def _task_addresses(reader: TaskReader) -> tuple[list[int], str | None]:
     return addresses, None
 
 
-def processes(kernel: LinuxKernel, reader: TaskReader | None = None) -> ViewResult[Process]:
-    """Every process (thread-group leader), like /proc lists them; init_task (pid 0) excluded."""
-    reader = reader or TaskReader(kernel)
+def _command(p: Process) -> str:
+    return " ".join(p.cmdline) if p.cmdline else f"[{p.comm}]"
+
+
+@view(command="ps", title="Processes of {vm}", columns=(
+    Column("PID", "pid", True), Column("PPID", "ppid", True), Column("UID", "uid", True),
+    Column("S", "state"), Column("THR", "threads", True), Column("COMM", "comm"),
+    Column("COMMAND", _command)))
+def processes(kernel: LinuxKernel) -> ViewResult[Process]:
+    """List the guest's processes: pid, ppid, uid, state, threads, command line."""
+    reader = kernel.helper(TaskReader)
     addresses, partial = _task_addresses(reader)
     result: ViewResult[Process] = ViewResult(partial=partial)
     for address in addresses:
@@ -201,7 +209,8 @@ def _process(reader: TaskReader, address: int, t: dict) -> Process:
     ppid = uid = gid = euid = 0
     try:
         parent = reader.kernel.read(t["real_parent"] + reader.tgid_offset, 4)
-        ppid = struct.unpack("<i", parent)[0]
+        ppid = int.from_bytes(parent, "little" if kernel.arch.endian == "<" else "big",
+                              signed=True)
     except GuestMemoryError as exc:
         errors.append(f"parent: {exc}")
     try:
@@ -232,9 +241,12 @@ def _process(reader: TaskReader, address: int, t: dict) -> Process:
     )
 
 
-def threads(kernel: LinuxKernel, reader: TaskReader | None = None) -> ViewResult[Thread]:
-    """Every thread of every process, from each process's signal->thread_head list."""
-    reader = reader or TaskReader(kernel)
+@view(title="Threads of {vm}", columns=(
+    Column("TGID", "tgid", True), Column("TID", "tid", True), Column("S", "state"),
+    Column("COMM", "comm")))
+def threads(kernel: LinuxKernel) -> ViewResult[Thread]:
+    """List every thread of every process (from each process's signal->thread_head list)."""
+    reader = kernel.helper(TaskReader)
     addresses, partial = _task_addresses(reader)
     result: ViewResult[Thread] = ViewResult(partial=partial)
     for address in addresses:
@@ -257,3 +269,29 @@ def threads(kernel: LinuxKernel, reader: TaskReader | None = None) -> ViewResult
             result.items.append(Thread(tid=t["pid"], tgid=t["tgid"], comm=reader.comm(t),
                                        state=reader.state(t), address=member))
     return result
+
+
+def find_task(kernel: LinuxKernel, pid: int) -> dict | None:
+    """The task_struct fields of process PID (a thread-group leader), found by walking the
+    task list reading one record per task: no command lines, paths or credentials."""
+    reader = kernel.helper(TaskReader)
+    addresses, _ = _task_addresses(reader)
+    for address in addresses:
+        try:
+            t = reader.task.read(kernel, address)
+        except GuestMemoryError:
+            continue
+        if t["pid"] == pid and t["tgid"] == pid:
+            return {**t, "address": address}
+    return None
+
+
+def address_space_of(kernel: LinuxKernel, pid: int):
+    """Process PID's address space (its page tables, from mm->pgd)."""
+    t = find_task(kernel, pid)
+    if t is None:
+        raise GuestMemoryError(f"no process {pid}")
+    if not t["mm"] or t["flags"] & PF_KTHREAD:
+        raise GuestMemoryError(f"process {pid} is a kernel thread: no user memory")
+    reader = kernel.helper(TaskReader)
+    return kernel.user_space(reader.mm.read(kernel, t["mm"])["pgd"])

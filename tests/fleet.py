@@ -11,8 +11,9 @@ import uuid
 from pathlib import Path
 
 from cloudvmi.lab import guest as lab
-from cloudvmi.lab.netns import Topology
 from cloudvmi.remote.certs import init_ca, issue
+
+from netns import Topology
 
 PORT = 7443
 

@@ -1,0 +1,38 @@
+"""x86-64: 4- and 5-level paging, the Linux x86-64 system-call ABI, the batch interpreter."""
+
+from cloudvmi.arch.base import Arch
+from cloudvmi.arch.x86_64 import abi
+from cloudvmi.arch.x86_64.batch import CODE, DONE
+from cloudvmi.arch.x86_64.paging import PAGE, AddressSpace, Mapping, TranslationCache
+
+
+def _user_mode(regs: dict[str, int]) -> bool:
+    return regs["cs"] & 3 == 3
+
+
+def _root(regs: dict[str, int]) -> int:
+    """CR3 without PCID bits and without the PTI user/kernel selector bit."""
+    return regs["cr3"] & 0x000F_FFFF_FFFF_E000
+
+
+ARCH = Arch(
+    name="x86_64", pointer_size=8, endian="<", page_size=PAGE,
+    kernel_window=(0xFFFF_FFFF_8000_0000, 0xFFFF_FFFF_C000_0000),  # __START_KERNEL_map, 1 GiB
+    kernel_align=2 << 20,  # CONFIG_PHYSICAL_ALIGN is a multiple of 2 MiB
+    direct_map={4: 0xFFFF_8880_0000_0000, 5: 0xFF11_0000_0000_0000},
+    thread_size=16 * 1024,  # THREAD_SIZE_ORDER 2, no KASAN
+    kernel_space=0xFFFF_8000_0000_0000,
+    saved_registers=("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9",
+                     "r10", "r11", "r12", "r13", "r14", "r15", "rip", "eflags"),
+    pc="rip", user_mode=_user_mode, page_table_root=_root,
+    pt_regs={"r15": "r15", "r14": "r14", "r13": "r13", "r12": "r12", "rbp": "bp",
+             "rbx": "bx", "r11": "r11", "r10": "r10", "r9": "r9", "r8": "r8", "rax": "ax",
+             "rcx": "cx", "rdx": "dx", "rsi": "si", "rdi": "di", "rip": "ip",
+             "eflags": "flags", "rsp": "sp", "cs": "cs", "ss": "ss"},
+    syscall_entry="entry_SYSCALL_64", entry_return_pc="rcx",
+    syscall=abi.ABI, batch_code=CODE, batch_done=DONE,
+    capstone=("CS_ARCH_X86", "CS_MODE_64"), address_space=AddressSpace,
+    translation_cache=TranslationCache,
+)
+
+__all__ = ["ARCH", "AddressSpace", "Mapping", "TranslationCache", "PAGE"]

@@ -1,0 +1,40 @@
+"""The Linux x86-64 system-call ABI: numbers, registers, flags, `struct stat`. The kernel's
+user ABI, stable across versions."""
+
+import struct
+import sys
+
+from cloudvmi.arch.base import SyscallABI
+
+NR = {
+    "read": 0, "write": 1, "close": 3, "fstat": 5, "lseek": 8, "mmap": 9, "munmap": 11,
+    "rt_sigprocmask": 14, "ioctl": 16, "pread64": 17, "pwrite64": 18, "dup2": 33,
+    "alarm": 37, "getpid": 39, "socket": 41, "fork": 57, "execve": 59, "exit": 60,
+    "wait4": 61, "kill": 62, "fsync": 74, "ftruncate": 77, "getuid": 102, "getdents64": 217,
+    "exit_group": 231, "openat": 257, "mkdirat": 258, "fchownat": 260, "newfstatat": 262,
+    "unlinkat": 263, "fchmodat": 268,
+}
+
+AT_FDCWD = -100
+AT_REMOVEDIR = 0x200
+AT_SYMLINK_NOFOLLOW = 0x100
+O_RDONLY, O_WRONLY, O_RDWR = 0, 1, 2
+O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 0o100, 0o200, 0o1000, 0o2000
+O_DIRECTORY, O_CLOEXEC = 0o200000, 0o2000000
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MAP_PRIVATE, MAP_ANONYMOUS, MAP_POPULATE = 0x02, 0x20, 0x8000
+AF_INET, SOCK_DGRAM = 2, 2
+SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCGIFADDR, SIOCSIFADDR = 0x8913, 0x8914, 0x8915, 0x8916
+SIOCSIFNETMASK = 0x891C
+IFF_UP = 0x1
+
+STAT = struct.Struct("<QQQIIIIQqqqqqqqqq24x")  # struct stat (144 bytes)
+STAT_FIELDS = ("dev", "ino", "nlink", "mode", "uid", "gid", "", "rdev", "size", "blksize",
+               "blocks", "atime_sec", "atime_nsec", "mtime_sec", "mtime_nsec", "ctime_sec",
+               "ctime_nsec")
+
+ABI = SyscallABI(
+    numbers=NR, nr_register="rax", arg_registers=("rdi", "rsi", "rdx", "r10", "r8", "r9"),
+    result_register="rax", instruction="syscall", instruction_size=2,
+    constants=sys.modules[__name__], stat=STAT, stat_fields=STAT_FIELDS,
+)

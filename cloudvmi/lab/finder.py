@@ -1,0 +1,24 @@
+"""The lab as a finder of VMs (entry point `cloudvmi.finders`: lab): lab guests by name."""
+
+from cloudvmi.control.discovery import Found
+from cloudvmi.errors import CloudVMIError
+from cloudvmi.lab import guest as lab
+
+
+def _found(g: lab.LabGuest) -> Found:
+    return Found(g.name, "lab", str(g.qmp_path), ("127.0.0.1", g.gdb_port),
+                 g.meta.get("release", ""))
+
+
+def find(name: str) -> Found | None:
+    try:
+        g = lab.get(name)
+    except CloudVMIError:
+        return None
+    if not g.running():
+        raise CloudVMIError(f"lab guest {name!r} is not running")
+    return _found(g)
+
+
+def running() -> list[Found]:
+    return [_found(g) for g in lab.list_guests() if g.running()]

@@ -1,0 +1,53 @@
+"""The injection journal: what a hijack holds, on disk before the guest is touched, so that
+a process that dies mid-injection leaves enough for the next one to put the thread back.
+
+One file per VM under the state directory (not the cache: deleting a cache must never lose
+a guest's registers); every write is fsync'd, file and directory, and replaces the old one
+atomically.
+"""
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from cloudvmi.write.errors import InjectionError
+from cloudvmi.write.target import Target
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def write(self, target: Target) -> None:
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(dataclasses.asdict(target)).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        self._sync_dir()
+
+    def read(self) -> Target | None:
+        try:
+            return Target(**json.loads(self.path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as exc:
+            raise InjectionError(f"unreadable injection journal {self.path}: {exc}") from exc
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._sync_dir()
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,40 @@
+"""write_file: create, replace or append to a guest file."""
+
+from cloudvmi.capability import operation
+from cloudvmi.write.errors import GuestOSError, check
+from cloudvmi.write.recipes.common import MAX_FILE, close, guest_path
+
+CHUNK = 1 << 20  # bytes per write call
+WRITE_CALLS = 8  # write calls per batch
+
+
+@operation()
+def write_file(ops, path: str, data: bytes, append: bool = False, mode: int = 0o644) -> None:
+    """Write DATA to a guest file (replacing it, or appended with APPEND)."""
+    if len(data) > MAX_FILE:
+        raise ValueError(f"{len(data)} bytes is over the {MAX_FILE}-byte limit")
+    with ops.session(min(len(data), WRITE_CALLS * CHUNK) + 2 * 4096) as s:
+        abi = s.abi
+        flags = (abi.O_WRONLY | abi.O_CREAT | abi.O_CLOEXEC
+                 | (abi.O_APPEND if append else abi.O_TRUNC))
+        b = s.batch()
+        fd = b.add(abi.nr("openat"), abi.AT_FDCWD, s.put(guest_path(path)), flags, mode)
+        fd_value = check(s.run(b)[fd], f"open {path} for writing")
+        closed = None
+        try:
+            pos = 0
+            while pos < len(data):
+                b = s.batch()
+                calls = []
+                while pos < len(data) and len(calls) < WRITE_CALLS:
+                    piece = data[pos:pos + CHUNK]
+                    calls.append((b.add(abi.nr("write"), fd_value, s.put(piece), len(piece)),
+                                  len(piece)))
+                    pos += len(piece)
+                results = s.run(b)
+                for index, n in calls:
+                    if check(results[index], f"write {path}") != n:
+                        raise GuestOSError(28, f"short write to {path}")
+        finally:
+            closed = close(s, fd_value)
+        check(closed, f"close {path}")
