@@ -14,6 +14,7 @@ module names), so a site can add views of its own without touching CloudVMI.
 import importlib
 import inspect
 import os
+import threading
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -96,6 +97,7 @@ class Capability:
 
 _REGISTRY: dict[str, Capability] = {}
 _loaded = False
+_load_lock = threading.RLock()  # a module being imported may look capabilities up
 
 
 def _declare(facet: str, fn: Callable, name: str | None, permission: str, live: bool,
@@ -154,17 +156,19 @@ def vm_call(name: str | None = None, *, permission: str = "read", live: bool = F
 
 def load() -> None:
     """Import every module that declares capabilities: the entry points once, and the
-    modules named in $CLOUDVMI_PLUGINS whenever it names one not imported yet."""
+    modules named in $CLOUDVMI_PLUGINS whenever it names one not imported yet. Threads that
+    ask at once wait for the first to finish (an agent serves calls concurrently)."""
     global _loaded
-    if not _loaded:
-        from importlib.metadata import entry_points
+    with _load_lock:
+        if not _loaded:
+            from importlib.metadata import entry_points
 
-        _loaded = True
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            importlib.import_module(ep.value)
-    for module in os.environ.get(PLUGINS_ENV, "").split(","):
-        if module.strip():
-            importlib.import_module(module.strip())
+            for ep in entry_points(group=ENTRY_POINT_GROUP):
+                importlib.import_module(ep.value)
+            _loaded = True
+        for module in os.environ.get(PLUGINS_ENV, "").split(","):
+            if module.strip():
+                importlib.import_module(module.strip())
 
 
 def get(facet: str, name: str) -> Capability:

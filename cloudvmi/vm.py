@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,6 @@ from cloudvmi.control import discovery
 from cloudvmi.control.discovery import qemu_pid, shared_ram_file
 from cloudvmi.control.qmp import QMP
 from cloudvmi.errors import CloudVMIError, GuestMemoryError
-from cloudvmi.interface import held_still
 from cloudvmi.memory.base import PhysicalMemory, Region
 from cloudvmi.memory.elfdump import DumpInfo, is_elf_dump, open_elf_dump
 from cloudvmi.memory.layout import host_regions, parse_mtree
@@ -82,14 +82,17 @@ class VM:
                 raise CloudVMIError(f"{self.name} is not a running VM: nothing to change")
             if not self.phys.writable:
                 raise CloudVMIError("attach with writable=True to change the guest")
-            self._check_running()  # connecting would stop it, and closing would resume it
+            if not self._journal_path().exists():  # else we stopped it: recovery resumes it
+                self._check_running()  # connecting would stop it, and closing resume it
             host, port = self.gdb_address or ensure_gdbstub(self.qmp)
-            self._gdb = GDBStub.connect(host, port)
-            injector = Injector(self.linux.kernel, self._gdb, before_hijack=self._check_running,
-                                journal=self._journal_path())
-            injector.recover()  # a thread left hijacked by a process that died is put back
-            if not self._gdb.running:
-                self._gdb.cont()  # connecting stopped the VM; operations stop it when they must
+            with self._pause_recorded():  # connecting stops the VM until we let it run
+                self._gdb = GDBStub.connect(host, port)
+                injector = Injector(self.linux.kernel, self._gdb,
+                                    before_hijack=self._check_running,
+                                    journal=self._journal_path())
+                injector.recover()  # a thread left hijacked by a process that died
+                if not self._gdb.running:
+                    self._gdb.cont()  # operations stop it again when they must
             self._guest = GuestOps(injector)
         return self._guest
 
@@ -103,8 +106,7 @@ class VM:
 
     def _journal_path(self) -> Path:
         """Where injections into this VM are journaled: one file per QMP socket."""
-        key = hashlib.sha256(os.path.realpath(self.qmp.socket_path).encode()).hexdigest()[:20]
-        return state_sub("journal") / f"{key}.json"
+        return state_sub("journal") / f"{_vm_key(self.qmp.socket_path)}.json"
 
     def _check_running(self) -> None:
         status = self.qmp.execute("query-status")
@@ -130,9 +132,31 @@ class VM:
         if self.qmp:
             self.qmp.execute("cont")
 
-    def snapshot(self) -> contextlib.AbstractContextManager[None]:
-        """Hold the guest still while a view reads it; leave a guest paused by others paused."""
-        return held_still(self)
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Hold the guest still while a view reads it; leave a guest paused by others paused.
+        The pause is recorded first, so that if this process dies while it holds the guest,
+        the next attach resumes it."""
+        if self.qmp is None or not self.running():
+            yield
+            return
+        with self._pause_recorded():
+            self.pause()
+            try:
+                yield
+            finally:
+                self.resume()
+
+    @contextlib.contextmanager
+    def _pause_recorded(self) -> Iterator[None]:
+        """While this process holds the VM stopped, say so on disk (the next attach resumes
+        a VM whose holder died)."""
+        marker = _pause_marker(self.qmp.socket_path)
+        _write_synced(marker, str(os.getpid()))
+        try:
+            yield
+        finally:
+            marker.unlink(missing_ok=True)
 
     # -- memory ----------------------------------------------------------------------------
     @vm_call()
@@ -201,6 +225,48 @@ class VM:
         self.close()
 
 
+def _vm_key(socket_path: str) -> str:
+    return hashlib.sha256(os.path.realpath(socket_path).encode()).hexdigest()[:20]
+
+
+def _pause_marker(socket_path: str) -> Path:
+    return state_sub("paused") / f"{_vm_key(socket_path)}.pid"
+
+
+def _write_synced(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _resume_if_left_paused(qmp: QMP) -> None:
+    """A process that paused this VM to read it and died before resuming it left a marker:
+    resume the VM (only if that process is gone and the VM is still paused)."""
+    marker = _pause_marker(qmp.socket_path)
+    try:
+        owner = int(marker.read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return
+    if owner and owner != os.getpid() and _alive(owner):
+        return
+    if qmp.execute("query-status")["status"] == "paused":
+        qmp.execute("cont")
+    marker.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _check_size(size: int) -> None:
     if not 0 <= size <= MAX_READ:
         raise ValueError(f"read of {size} bytes: at most {MAX_READ} at once")
@@ -234,6 +300,7 @@ def _attach_qmp(socket_path: str, name: str, writable: bool, cache: Path | None,
                 gdb_address: tuple[str, int] | None = None) -> VM:
     qmp = QMP(socket_path)
     try:
+        _resume_if_left_paused(qmp)
         _, regions = parse_mtree(qmp.hmp("info mtree -f"))
         shm = shared_ram_file(qmp)
         if shm and os.path.exists(shm):

@@ -99,7 +99,7 @@ permissions = ["read", "operate"]
             [*self.topo.run_in(self.nodes[node]), sys.executable, "-m", "cloudvmi.cli.main",
              "agent", "serve", "--config", str(cfg)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "COLUMNS": "200"})
+            env={**os.environ, "COLUMNS": "200", "CLOUDVMI_STATE": str(self.state(node))})
         line = proc.stdout.readline()
         if "listening" not in line:
             proc.kill()
@@ -116,6 +116,17 @@ permissions = ["read", "operate"]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+    def state(self, node: str) -> Path:
+        """The agent's state directory (its injection journal)."""
+        return self.root / node / "state"
+
+    def journal(self, node: str, guest: lab.LabGuest) -> Path:
+        """Where the agent of NODE journals injections into GUEST."""
+        import hashlib
+
+        key = hashlib.sha256(os.path.realpath(guest.qmp_path).encode()).hexdigest()[:20]
+        return self.state(node) / "journal" / f"{key}.json"
 
     def client_env(self, identity: str) -> dict:
         return {**os.environ, "CLOUDVMI_INVENTORY": str(self.root / f"{identity}.toml")}

@@ -11,6 +11,10 @@ class GuestTask:
     ppid: int
     cmdline: list[str]
     threads: dict[int, str] = field(default_factory=dict)  # tid -> comm
+    cmdline_raw: bytes = b""  # /proc/PID/cmdline as the kernel gives it
+    uid: int | None = None  # real uid, from /proc/PID/status
+    nr_threads: int | None = None  # Threads: of /proc/PID/status
+    exe: str | None = None  # readlink /proc/PID/exe (None for kernel threads)
 
 
 def _parse_stat(raw: bytes) -> tuple[int, str, str, int]:
@@ -21,9 +25,13 @@ def _parse_stat(raw: bytes) -> tuple[int, str, str, int]:
 
 
 def split_cmdline(raw: bytes) -> list[str]:
+    """The arguments in /proc/PID/cmdline: each one ends with a NUL (so an empty argument
+    is an empty string between two NULs, and the last NUL ends the last argument)."""
     if not raw:
         return []
-    return [a.decode("utf-8", "surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")]
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+    return [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")]
 
 
 def processes(guest, threads: bool = False) -> dict[int, GuestTask]:
@@ -41,7 +49,13 @@ def processes(guest, threads: bool = False) -> dict[int, GuestTask]:
         elif parts[0] == "P" and len(parts) >= 3:
             pid, comm, state, ppid = _parse_stat(bytes.fromhex(parts[2]))
             cmd = bytes.fromhex(parts[3]) if len(parts) > 3 else b""
-            tasks[pid] = GuestTask(pid, comm, state, ppid, split_cmdline(cmd))
+            task = GuestTask(pid, comm, state, ppid, split_cmdline(cmd), cmdline_raw=cmd)
+            if len(parts) >= 6:
+                task.uid = int(parts[4]) if parts[4].isdigit() else None
+                task.nr_threads = int(parts[5]) if parts[5].isdigit() else None
+            if len(parts) >= 7 and parts[6]:
+                task.exe = bytes.fromhex(parts[6]).decode("utf-8", "surrogateescape")
+            tasks[pid] = task
         elif parts[0] == "T" and len(parts) == 4 and int(parts[1]) in tasks:
             tid, comm, _, _ = _parse_stat(bytes.fromhex(parts[3]))
             tasks[int(parts[1])].threads[tid] = comm

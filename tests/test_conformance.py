@@ -203,9 +203,11 @@ def _operations(vm, tag: str) -> dict:
 
 def test_operations_are_identical_local_and_remote_and_refused_on_a_dump(setup):
     g, dump, agent, _ = setup
-    with connect(agent.address, g.name) as remote:
-        theirs = _operations(remote, "r")
-    agent.stop()  # the agent lets go of the VM's monitor
+    try:
+        with connect(agent.address, g.name) as remote:
+            theirs = _operations(remote, "r")
+    finally:
+        agent.stop()  # the agent lets go of the VM's monitor
     with attach(g.name, writable=True) as local:
         mine = _operations(local, "l")
     assert theirs == mine

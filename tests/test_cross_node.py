@@ -91,40 +91,71 @@ def test_denials_are_refused_and_logged(fleet):
 
 
 def test_fifty_concurrent_clients(fleet):
+    """Every one of 50 concurrent answers is complete and right: each holds every process
+    the guest's /proc shows (read after them), with its name."""
     (result,) = fleet.client("ops", {"do": "concurrent_ps", "vm": "web1@node1", "n": 50})
     r = result["ok"]
-    assert r["errors"] == [] and r["answers"] == 50
-    assert set(oracle.processes(fleet.guests[0])) <= {pid for pid, _ in r["first"]}
+    assert r["errors"] == [] and len(r["answers"]) == 50
+    theirs = oracle.processes(fleet.guests[0])
+    stable = {pid: t.comm for pid, t in theirs.items()
+              if not t.comm.startswith("kworker") and t.ppid != 2 or t.pid == 2}
+    for answer in r["answers"]:
+        mine = dict(answer)
+        assert {pid: mine.get(pid) for pid in stable} == stable
 
 
 def test_agent_killed_mid_operation_leaves_the_guest_intact(fleet):
+    """The agent dies while a thread of the workload's counter is hijacked, blocked in the
+    injected wait4 (the journal says so); after a restart the next call puts it back: the
+    journal is gone, the counter is alive, the same process, and counting on."""
     g = fleet.guests[0]
+    counter = next(p.pid for p in oracle.processes(g).values()
+                   if p.cmdline[:2] == ["/bin/workload", "counter"])
+    journal = fleet.journal("node1", g)
     client = subprocess.Popen(
         [*fleet.topo.run_in(fleet.topo.client), sys.executable, RUNNER],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=fleet.client_env("ops"))
-    # A program that runs 8 s: the agent dies while a guest thread is hijacked, blocked in
-    # the injected wait4, with our registers and breakpoint in place.
-    client.stdin.write(json.dumps([{"do": "run", "vm": "web1@node1",
+    client.stdin.write(json.dumps([{"do": "run", "vm": "web1@node1", "as_pid": counter,
                                     "argv": ["/bin/sleep", "8"]}]))
     client.stdin.close()
-    time.sleep(2.5)
+    held = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and held is None:
+        try:
+            entry = json.loads(journal.read_text())
+        except (FileNotFoundError, ValueError):
+            entry = {}
+        if entry.get("parked") is False and entry.get("resume_at"):  # inside the batch
+            held, held_at = entry, time.monotonic()
+        time.sleep(0.005)
+    assert held and held["tgid"] == counter, held
+    time.sleep(1.0)  # blocked in wait4: the child sleeps 8 s
     fleet.stop_agent("node1", signal.SIGKILL)
     out = client.stdout.read()
     client.wait(120)
     assert "error" in json.loads(out.strip().splitlines()[-1])[0]
+    assert journal.exists()  # the thread is still ours: nobody put it back yet
     fleet.start_agent("node1")
     (ps,) = fleet.client("ops", {"do": "ps", "vm": "web1@node1"})
     assert "ok" in ps, ps
+    assert not journal.exists()  # the first call after the restart recovered it
     assert g.console.check("echo intact").strip() == "intact"
-    counter = [p for p in oracle.processes(g).values()
-               if p.cmdline[:2] == ["/bin/workload", "counter"]]
-    assert counter
+    time.sleep(max(0.0, held_at + 9 - time.monotonic()))  # its injected wait4 has returned
+    first = _counter_value(g)
+    time.sleep(1.5)
+    assert _counter_value(g) > first  # the same process, still counting
+    assert counter in {p.pid for p in oracle.processes(g).values()
+                       if p.cmdline[:2] == ["/bin/workload", "counter"]}
     data = os.urandom(1000)
     put, back = fleet.client("ops", {"do": "write_file", "vm": "web1@node1",
                                      "path": "/tmp/after.bin", "hex": data.hex()},
                              {"do": "read_file", "vm": "web1@node1", "path": "/tmp/after.bin"})
     assert bytes.fromhex(back["ok"]) == data
+
+
+def _counter_value(g) -> int:
+    return int(g.console.check("tail -n 1 /tmp/counter.log").split()[1])
 
 
 def test_fleet_listing_with_a_node_down(fleet):

@@ -434,7 +434,6 @@ def _status(g) -> str:
         return qmp.execute("query-status")["status"]
 
 
-@pytest.mark.guest
 def test_guest_registers_match_qmp(guest):
     g, _ = guest
     t0 = time.perf_counter()
@@ -455,7 +454,6 @@ def test_guest_registers_match_qmp(guest):
         TIMES["p rip"] = _us(_timed(lambda: gdb.read_register("rip"), 50))
 
 
-@pytest.mark.guest
 def test_guest_register_write_round_trip(guest):
     g, _ = guest
     with GDBStub.connect("127.0.0.1", g.gdb_port) as gdb:
@@ -472,7 +470,6 @@ def test_guest_register_write_round_trip(guest):
         assert gdb.read_registers() == before
 
 
-@pytest.mark.guest
 def test_guest_kernel_memory(guest):
     g, syms = guest
     with GDBStub.connect("127.0.0.1", g.gdb_port) as gdb:
@@ -501,7 +498,6 @@ def _syscalls_in_background(g) -> threading.Thread:
     return thread
 
 
-@pytest.mark.guest
 def test_guest_hardware_breakpoint_and_step(guest):
     g, syms = guest
     target = syms["do_syscall_64"]
@@ -530,7 +526,6 @@ def test_guest_hardware_breakpoint_and_step(guest):
         assert not worker.is_alive()
 
 
-@pytest.mark.guest
 def test_guest_watchpoint(guest):
     g, syms = guest
     with GDBStub.connect("127.0.0.1", g.gdb_port) as gdb:
@@ -542,7 +537,6 @@ def test_guest_watchpoint(guest):
         gdb.remove_watchpoint(syms["jiffies"], 8, "write")
 
 
-@pytest.mark.guest
 def test_guest_interrupt_and_continue(guest):
     g, _ = guest
     with GDBStub.connect("127.0.0.1", g.gdb_port) as gdb:
@@ -564,7 +558,6 @@ def test_guest_interrupt_and_continue(guest):
     assert g.console.check("echo ok").strip() == "ok"
 
 
-@pytest.mark.guest
 def test_guest_close_after_error_leaves_it_running(guest):
     g, syms = guest
     gdb = GDBStub.connect("127.0.0.1", g.gdb_port)
@@ -577,7 +570,6 @@ def test_guest_close_after_error_leaves_it_running(guest):
     assert g.console.check("echo ok", timeout=20).strip() == "ok"
 
 
-@pytest.mark.guest
 def test_guest_ensure_gdbstub(guest):
     g, _ = guest
     qmp = QMP(str(g.qmp_path))

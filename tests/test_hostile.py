@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cloudvmi.errors import CloudVMIError
+from cloudvmi.errors import CloudVMIError, ProfileError
 from cloudvmi.memory.mapped import MappedFileMemory
 from cloudvmi.os.linux import kernel as kernel_mod
 from cloudvmi.os.linux.views.processes import TaskReader, processes
@@ -94,7 +94,7 @@ def test_corrupt_btf_is_a_clear_error(raw_copy):
     start = btf_at + 24 + type_off
     mem.write(start, os.urandom(min(type_len, 1 << 20)))
     mem.close()
-    with attach(str(raw_copy), profile_cache=None) as vm, pytest.raises(CloudVMIError):
+    with attach(str(raw_copy), profile_cache=None) as vm, pytest.raises(ProfileError):
         _timed(vm.linux.processes)
 
 
@@ -104,7 +104,7 @@ def test_corrupt_kallsyms_is_a_clear_error(raw_copy):
     for address in list(mem.find(digits)):
         mem.write(address, b"\xff" * len(digits))
     mem.close()
-    with attach(str(raw_copy), profile_cache=None) as vm, pytest.raises(CloudVMIError) as err:
+    with attach(str(raw_copy), profile_cache=None) as vm, pytest.raises(ProfileError) as err:
         _timed(vm.linux.processes)
     assert "kallsyms" in str(err.value).lower()
 
@@ -112,7 +112,7 @@ def test_corrupt_kallsyms_is_a_clear_error(raw_copy):
 def test_random_memory_is_not_a_kernel(tmp_path):
     path = tmp_path / "noise.raw"
     path.write_bytes(os.urandom(32 << 20))
-    with attach(str(path), profile_cache=None) as vm, pytest.raises(CloudVMIError):
+    with attach(str(path), profile_cache=None) as vm, pytest.raises(ProfileError):
         _timed(vm.linux.processes)
 
 
@@ -133,7 +133,12 @@ def test_truncated_dump(images, tmp_path, fraction):
             return exc
 
     outcome = _timed(attempt)
-    if not isinstance(outcome, CloudVMIError):  # the kernel and tasks were inside the part kept
+    if fraction < 0.01:  # not even the kernel image is left
+        assert isinstance(outcome, ProfileError), outcome
+    elif fraction > 0.99:  # only the top of RAM is gone: the kernel and tasks are all there
+        assert not isinstance(outcome, Exception), outcome
+        assert outcome.partial is None and len(outcome.items) > 40
+    elif not isinstance(outcome, CloudVMIError):  # a partial result, or a clear error
         assert outcome.items
 
 

@@ -36,7 +36,7 @@ def variant(request, profile_dir):
 
 def test_views_equal_guest_proc(variant):
     g, vm, options = variant
-    _compare(vm.linux.processes(), oracle.processes(g))
+    _compare(vm.linux.processes(), oracle.processes(g), vm.linux.processes())
     assert {m.name for m in vm.linux.modules().items} == set(oracle.modules(g))
     info = vm.linux.info()
     assert info.release == g.console.check("uname -r").strip()

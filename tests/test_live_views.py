@@ -1,6 +1,7 @@
 """Views from outside against the guest's own /proc, on real guests of three kernels."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -29,18 +30,33 @@ def live(request, profile_dir):
         lab.down(g.name)
 
 
-def _compare(ours, theirs: dict[int, oracle.GuestTask]) -> dict[int, object]:
-    """Same processes, parents, names and command lines; returns ours by pid."""
+def _compare(ours, theirs: dict[int, oracle.GuestTask], after=None) -> dict[int, object]:
+    """Same processes, parents, names, command lines (byte for byte), uids, executables,
+    thread counts and stable states; returns ours by pid. The guest runs while its /proc is
+    read, so OURS is read before and AFTER after: a process must be in one of them."""
     mine = {p.pid: p for p in ours.items}
-    assert ours.partial is None
-    missing = set(theirs) - set(mine)
+    later = {p.pid: p for p in after.items} if after is not None else mine
+    assert ours.partial is None and (after is None or after.partial is None)
+    missing = set(theirs) - set(mine) - set(later)
     assert not missing, f"processes /proc shows that we miss: {sorted(missing)}"
-    extra = [p for pid, p in mine.items() if pid not in theirs and not p.kernel_thread]
+    extra = [p for pid, p in mine.items()
+             if pid not in theirs and pid in later and not p.kernel_thread]
     assert not extra, f"user processes we show that /proc did not: {extra}"
     for pid, want in theirs.items():
-        got = mine[pid]
+        got = mine.get(pid) or later[pid]
         assert (got.ppid, _stable(got.comm), got.cmdline) == (
             want.ppid, _stable(want.comm), want.cmdline), pid
+        if want.cmdline_raw.endswith(b"\0"):  # not rewritten by setproctitle()
+            raw = b"".join(a.encode("utf-8", "surrogateescape") + b"\0" for a in got.cmdline)
+            assert raw == want.cmdline_raw, pid
+        if want.uid is not None:
+            assert got.uid == want.uid, pid
+        if want.nr_threads is not None and want.state != "Z":
+            assert got.threads == want.nr_threads, pid
+        if not got.kernel_thread and want.state != "Z":
+            assert got.exe == want.exe, pid
+        if pid in mine and pid in later and mine[pid].state == later[pid].state:
+            assert got.state == want.state or "R" in (got.state, want.state), pid
     return mine
 
 
@@ -54,8 +70,9 @@ def _stable(comm: str) -> str:
 
 def test_process_list_equals_guest_proc(live):
     g, vm = live
+    before = vm.linux.processes()
     theirs = oracle.processes(g)
-    mine = _compare(vm.linux.processes(), theirs)
+    mine = _compare(before, theirs, vm.linux.processes())
     # The workload's hard cases are really there and really equal.
     odd = [p for p in mine.values() if p.comm == "odd (name) ü"]
     assert odd and odd[0].cmdline[3:] == ["odd", "arg with spaces", "(paren)", "ünïcödé"]
@@ -65,6 +82,9 @@ def test_process_list_equals_guest_proc(live):
     multi = [p for p in mine.values() if p.cmdline[:2] == ["/bin/workload", "threads"]]
     assert multi and multi[0].threads == 4 and multi[0].exe == "/bin/workload"
     assert mine[1].cmdline == ["/bin/sh", "/init"] and mine[1].uid == 0
+    empty = [p for p in mine.values() if p.cmdline[3:4] == ["empty-args"]]
+    assert empty and empty[0].cmdline[4:] == ["", "middle", ""]
+    assert any(p.uid == 1000 for p in mine.values())  # the workload's unprivileged counter
 
 
 def test_threads_equal_guest_proc(live):
@@ -101,7 +121,16 @@ def test_kernel_info_equals_guest(live):
     assert info.release == release and release in info.version
     assert info.cmdline == cmdline
     assert before - 1 <= info.uptime <= after + 1
-    assert info.paging_levels == (4 if g.meta["kernel"] == "5.10" else 5)
+    assert info.hostname == g.console.check("hostname").strip()
+    # Independent sources: the CPU's CR4.LA57 from QEMU, _text from the guest's own
+    # /proc/kallsyms, the physical start of its code from /proc/iomem.
+    cr4 = int(re.search(r"CR4=([0-9a-f]+)", vm.qmp.hmp("info registers")).group(1), 16)
+    assert info.paging_levels == (5 if cr4 & (1 << 12) else 4)
+    text = int(g.console.check("grep ' _text$' /proc/kallsyms").split()[0], 16)
+    assert info.text_virtual == text
+    assert info.kaslr_virtual_slide == text - 0xFFFF_FFFF_8100_0000
+    code = g.console.check("grep 'Kernel code' /proc/iomem").split("-")[0].strip()
+    assert info.text_physical == int(code, 16)
 
 
 def test_dump_gives_the_same_results_as_live(live, tmp_path):

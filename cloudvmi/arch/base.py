@@ -21,6 +21,7 @@ class SyscallABI:
     constants: ModuleType  # AT_FDCWD, O_*, PROT_*, MAP_*, AF_*, SIOC*, IFF_*
     stat: struct.Struct
     stat_fields: tuple[str, ...]  # names of the unpacked fields ("" to skip one)
+    no_return: frozenset[int]  # calls that never return to their call site (sigreturn, exec)
 
     def nr(self, name: str) -> int:
         try:
@@ -64,12 +65,15 @@ class Arch:
     user_mode: Callable[[dict[str, int]], bool]
     page_table_root: Callable[[dict[str, int]], int]  # from registers, flags masked
     pt_regs: dict[str, str]  # debugger register name -> struct pt_regs member
+    tif_sigpending: int  # bit of TIF_SIGPENDING in thread_info.flags
     syscall_entry: str  # the kernel's system-call entry symbol
     entry_return_pc: str  # the register holding the user return address at that entry
     # Execution
     syscall: SyscallABI
     batch_code: bytes
     batch_done: int  # offset of the interpreter's final self-loop
+    resume_stub: Callable[[dict[str, int]], tuple[bytes, int]]  # (code, entry) that restores
+    # what the kernel overwrites on a system call's return, then jumps to the saved PC
     capstone: tuple[str, str]  # capstone's architecture and mode constants, by name
     address_space: Callable[..., Any]  # AddressSpace(phys, root, levels, cache=None)
     translation_cache: Callable[..., Any]

@@ -20,12 +20,15 @@ from cloudvmi.os.linux.kernel import LinuxKernel
 from cloudvmi.os.linux.records import Record
 from cloudvmi.write import batch as batch_mod
 from cloudvmi.write.errors import InjectionError, InjectionTimeout, TargetExited, errno_of
-from cloudvmi.write.journal import Journal
+from cloudvmi.write.journal import Holding, Journal
+from cloudvmi.write.signals import Signals
 from cloudvmi.write.target import Target
 from cloudvmi.write.threads import ThreadChooser
 from cloudvmi.write.vdso import vdso_syscall_offset
 
 TRY_USER_MODE = 40  # interrupts that look for a vCPU already in user mode before breaking
+CANDIDATE_WAIT = 1.0  # seconds a process may stay in its system call before another is taken
+RECOVER_WAIT = 1.0  # seconds recovery waits for a thread inside an injected call to finish it
 
 
 class Injector:
@@ -45,6 +48,7 @@ class Injector:
         self.timeout = timeout
         self.chooser = ThreadChooser(kernel, require_root)
         self.tasks = self.chooser.tasks
+        self.signals = Signals(kernel)
         self.mm_context = Record(kernel.btf, "mm_struct", {"vdso": "context.vdso"})
         self.target: Target | None = None
         self._vdso_offset: int | None = None  # of a syscall instruction in the vDSO image
@@ -56,19 +60,27 @@ class Injector:
     def _task_of(self, regs: dict[str, int]) -> int | None:
         return self.chooser.task_of(regs)
 
-    def hijack(self, pid: int | None = None) -> Target:
-        """Stop the VM with a thread of a suitable process (or of PID) in user mode."""
+    def hijack(self, pid: int | None = None, avoid: int | None = None) -> Target:
+        """Stop the VM with a thread of a suitable process (or of PID) in user mode; never
+        one of process AVOID."""
         if self.target is not None:
             return self.target
+        self.chooser.avoid = avoid
         if self.before_hijack is not None:
             self.before_hijack()
+        self._hold()
         try:
             return self._hijack(pid)
         except BaseException:
             with suppress(GDBStubError):  # nothing was changed: just let the guest run on
                 if not self.gdb.running:
                     self.gdb.cont()
+            self._clear_journal()
             raise
+
+    def _hold(self, *breakpoints: int) -> None:
+        if self.journal is not None:
+            self.journal.hold(list(breakpoints))
 
     def _hijack(self, pid: int | None) -> Target:
         deadline = time.monotonic() + self.timeout
@@ -99,12 +111,21 @@ class Injector:
         return None
 
     def _take(self, thread: str | None, task: int, t: dict, regs: dict[str, int]) -> Target:
+        """Hold the thread: journal its registers and signal mask, then block its signals
+        (an injected call that waits is not interrupted, no handler runs in our context)."""
         mm = self.tasks.mm.read(self.kernel, t["mm"])
         self.target = Target(thread=thread, task=task, pid=t["pid"], tgid=t["tgid"],
                              root=self._root(regs), pgd=mm["pgd"],
-                             saved={k: regs[k] for k in self.arch.saved_registers})
+                             saved={k: regs[k] for k in self.arch.saved_registers},
+                             sigmask=self.signals.mask(task))
         self._write_journal()
+        self.signals.block_all(task)
         return self.target
+
+    def note_resume_stub(self, address: int) -> None:
+        """Where a thread left inside an injected call is sent back to its own code."""
+        self.target.resume_at = address
+        self._write_journal()
 
     def _write_journal(self) -> None:
         if self.journal is not None and self.target is not None:
@@ -121,6 +142,14 @@ class Injector:
         if target is None:
             return None
         self.gdb.interrupt()
+        if isinstance(target, Holding):  # it died looking for a thread: no thread is held
+            entry = self.kernel.symbols.get(self.arch.syscall_entry)
+            for address in {*target.breakpoints, *([entry] if entry else [])}:
+                with suppress(GDBStubError):
+                    self.gdb.remove_breakpoint(address)
+            self.gdb.cont()
+            self._clear_journal()
+            return "VM resumed (stopped while looking for a thread)"
         if target.stop_at:
             with suppress(GDBStubError):
                 self.gdb.remove_breakpoint(target.stop_at)
@@ -138,17 +167,60 @@ class Injector:
         self.target = target
         try:
             self._check_target_alive()
+            if not target.parked and target.stop_at and self._await_park(target):
+                how = "parked after its call returned"
+            if target.parked:
+                for address, size in list(target.scratch):  # our mappings go too
+                    self.unmap_scratch(address, size)
         except TargetExited:
             how = "gone"
         self.release()
         return f"process {target.tgid} put back ({how})"
 
+    def _await_park(self, target: Target) -> bool:
+        """Let a thread that is inside an injected call finish it and stop where it was to
+        (a short call returns at once), for at most RECOVER_WAIT; then it can be put back
+        exactly. A call that waits longer is left to the user-frame rewrite."""
+        self.gdb.add_breakpoint(target.stop_at)
+        try:
+            deadline = time.monotonic() + RECOVER_WAIT
+            while True:
+                thread, regs = self._run_until(target.stop_at, deadline, "the injected call")
+                if self._root(regs) == target.root and self._task_of(regs) == target.task:
+                    target.thread, target.parked = thread, True
+                    return True
+                self._step_over(target.stop_at)
+        except InjectionTimeout:
+            return False
+        finally:
+            with suppress(GDBStubError):
+                self.gdb.remove_breakpoint(target.stop_at)
+
     def _take_at_syscall_return(self, pid: int | None, deadline: float) -> Target:
-        """Break at syscall entry in a suitable process, then where that syscall returns."""
+        """Break at syscall entry in a suitable process, then where that syscall returns.
+        A process that stays in the kernel longer than CANDIDATE_WAIT (a blocking read) is
+        passed over for the next one, unless the caller asked for that process."""
         entry = self.kernel.symbols.get(self.arch.syscall_entry)
         if entry is None:
             raise InjectionError(f"no {self.arch.syscall_entry} symbol to wait for a system "
                                  "call at")
+        while True:
+            thread, regs, task, t = self._await_entry(entry, pid, deadline)
+            budget = deadline if pid is not None else min(deadline,
+                                                          time.monotonic() + CANDIDATE_WAIT)
+            try:
+                thread, regs = self._await_return(regs, task, t, budget)
+            except InjectionTimeout:
+                if time.monotonic() >= deadline:
+                    raise
+                continue
+            return self._take(thread, task, t, regs)
+
+    def _await_entry(self, entry: int, pid: int | None, deadline: float):
+        """The next system call by a suitable process that returns where it was made (not
+        rt_sigreturn, execve or exit, which never come back to their call site)."""
+        no_return = self.abi.no_return
+        nr_register = self.abi.nr_register
         self.gdb.add_breakpoint(entry)
         try:
             while True:
@@ -156,25 +228,28 @@ class Injector:
                                                f"process{'' if pid is None else f' (pid {pid})'}")
                 task = self._task_of(regs)
                 t = self.chooser.suitable(task, pid) if task else None
-                if t is not None:
-                    break
+                if t is not None and regs[nr_register] not in no_return:
+                    return thread, regs, task, t
                 self._step_over(entry)
         finally:
             with suppress(GDBStubError):
                 self.gdb.remove_breakpoint(entry)
+
+    def _await_return(self, regs: dict[str, int], task: int, t: dict, deadline: float):
+        """Let the system call that REGS entered run, and stop where it returns to."""
         user_pc, root = regs[self.arch.entry_return_pc], self._root(regs)
+        self._hold(user_pc)
         self.gdb.add_breakpoint(user_pc)
         try:
             while True:
                 thread, regs = self._run_until(user_pc, deadline, f"pid {t['tgid']} to return "
                                                "from its system call")
                 if self._root(regs) == root and self._task_of(regs) == task:
-                    break
+                    return thread, regs
                 self._step_over(user_pc)
         finally:
             with suppress(GDBStubError):
                 self.gdb.remove_breakpoint(user_pc)
-        return self._take(thread, task, t, regs)
 
     # -- running code in the thread --------------------------------------------------------
     def _run_until(self, address: int, deadline: float, what: str):
@@ -297,11 +372,15 @@ class Injector:
         if errno_of(result) is not None:
             raise InjectionError(f"mmap of {size} bytes in pid {self.target.tgid} failed: "
                                  f"errno {errno_of(result)}")
+        self.target.scratch.append([result, size])
+        self._write_journal()
         return result
 
     def unmap_scratch(self, address: int, size: int) -> None:
         page = self.arch.page_size
         self.syscall(self.abi.nr("munmap"), address, (size + page - 1) // page * page)
+        self.target.scratch = [a for a in self.target.scratch if a[0] != address]
+        self._write_journal()
 
     def write_user(self, address: int, data: bytes) -> None:
         """Write into the target's private scratch pages through its page tables."""
@@ -342,16 +421,25 @@ class Injector:
         self.kernel.invalidate()
         if changed:
             raise InjectionError(f"registers not restored: {changed}")
+        self._restore_signals(target)
         self.gdb.cont()
         return now
+
+    def _restore_signals(self, target: Target) -> None:
+        if target.sigmask is not None:
+            self.signals.restore(target.task, target.sigmask)
 
 
     def _restore_in_flight(self, target: Target) -> None:
         """The thread is inside an injected syscall that did not finish in time: put its own
         registers into the user frame its syscall will return through (pt_regs on its kernel
-        stack), so it resumes where it was. Only RAX is lost: it gets that syscall's result."""
+        stack), and its signal mask back, so it resumes where it was as soon as that call
+        returns, with no wait here. The frame's PC is our resume stub, which puts back what
+        the kernel overwrites with the call's result (RAX) and jumps to the thread's own PC;
+        a single call made outside a session has no stub, and RAX gets its result."""
         self.kernel.invalidate()
         try:
+            self._restore_signals(target)
             t = Record(self.kernel.btf, "task_struct", {"stack": "stack"}).read(
                 self.kernel, target.task)
             pt_regs = self.arch.pt_regs
@@ -360,12 +448,13 @@ class Injector:
             current = regs.read(self.kernel, frame)
             if not self.arch.user_mode({g: current[f] for g, f in pt_regs.items()}):
                 raise InjectionError("no user frame on its kernel stack")
+            values = dict(target.saved)
+            if target.resume_at:
+                values[self.arch.pc] = target.resume_at
             for gdb_name, field in pt_regs.items():
-                if gdb_name not in target.saved:
-                    continue
-                value = target.saved[gdb_name]
-                self.kernel.space.write(frame + regs.offset(field),
-                                        self.arch.pointer.pack(value))
+                if gdb_name in values:
+                    self.kernel.space.write(frame + regs.offset(field),
+                                            self.arch.pointer.pack(values[gdb_name]))
         except (GuestMemoryError, InjectionError, KeyError) as exc:
             raise InjectionError(f"process {target.tgid} is still inside an injected system "
                                  f"call and its registers could not be restored: {exc}") from exc

@@ -9,10 +9,18 @@ atomically.
 import dataclasses
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from cloudvmi.write.errors import InjectionError
 from cloudvmi.write.target import Target
+
+
+@dataclass
+class Holding:
+    """The VM was stopped to look for a thread, and no thread was taken yet."""
+
+    breakpoints: list[int]
 
 
 class Journal:
@@ -23,22 +31,33 @@ class Journal:
         return self.path.exists()
 
     def write(self, target: Target) -> None:
+        self._put(dataclasses.asdict(target))
+
+    def hold(self, breakpoints: list[int]) -> None:
+        """The VM is about to be stopped to look for a thread (none is held yet): a process
+        that dies now leaves it stopped, with these breakpoints set."""
+        self._put({"holding": True, "breakpoints": breakpoints})
+
+    def _put(self, record: dict) -> None:
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, json.dumps(dataclasses.asdict(target)).encode())
+            os.write(fd, json.dumps(record).encode())
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
         self._sync_dir()
 
-    def read(self) -> Target | None:
+    def read(self) -> Target | Holding | None:
         try:
-            return Target(**json.loads(self.path.read_text()))
+            record = json.loads(self.path.read_text())
+            if record.get("holding"):
+                return Holding([int(b) for b in record.get("breakpoints", [])])
+            return Target(**record)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise InjectionError(f"unreadable injection journal {self.path}: {exc}") from exc
 
     def clear(self) -> None:

@@ -7,6 +7,7 @@ from cloudvmi.write.errors import InjectionError, check
 from cloudvmi.write.injector import Injector
 
 TABLE_PAGES = 16  # 910 calls a batch
+STUB_OFFSET = 0x800  # in the code page, after the batch interpreter
 DATA = 256 * 1024  # default data area
 
 
@@ -33,7 +34,10 @@ class GuestSession:
         inj.hijack(self.pid)
         try:
             self.base = inj.map_scratch(self.size)
+            stub, entry = inj.arch.resume_stub(inj.target.saved)
             inj.write_user(self.base, inj.arch.batch_code)
+            inj.write_user(self.base + STUB_OFFSET, stub)
+            inj.note_resume_stub(self.base + STUB_OFFSET + entry)
         except BaseException:
             self._undo()
             raise

@@ -6,6 +6,8 @@ thread is flagged so the kernel delivers it at its next return to user mode, in 
 context. Written directly in the task (the VM is stopped), journaled first like registers.
 """
 
+import contextlib
+
 from cloudvmi.errors import GuestMemoryError
 from cloudvmi.os.linux.kernel import LinuxKernel
 from cloudvmi.os.linux.records import Record
@@ -38,10 +40,8 @@ class Signals:
         self.task.write(self.kernel.space, task, "blocked", mask)
         t = self.task.read(self.kernel, task)
         pending = t["pending"]
-        try:
+        with contextlib.suppress(GuestMemoryError):  # the process-wide ones too
             pending |= self.shared.read(self.kernel, t["signal"])["pending"]
-        except GuestMemoryError:
-            pass
         if not pending & ~mask:
             return False
         self.task.write(self.kernel.space, task, "flags", t["flags"] | self.sigpending)

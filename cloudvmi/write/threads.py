@@ -17,6 +17,7 @@ class ThreadChooser:
         self.tasks = kernel.helper(TaskReader)
         self.cred = Record(kernel.btf, "cred", {"uid": "uid.val"})
         self._current_off = self._current_task_offset()
+        self.avoid: int | None = None  # a process not to take (the one a kill targets)
 
     def _current_task_offset(self) -> int:
         """Per-CPU offset of the running task pointer: `current_task`, or pcpu_hot's field."""
@@ -46,7 +47,7 @@ class ThreadChooser:
             t = self.tasks.task.read(self.kernel, task)
         except GuestMemoryError:
             return None
-        if t["flags"] & PF_KTHREAD or not t["mm"] or t["exit_state"]:
+        if t["flags"] & PF_KTHREAD or not t["mm"] or t["exit_state"] or t["tgid"] == self.avoid:
             return None
         if pid is not None:  # the caller chose it: its identity is the caller's business
             return t if t["tgid"] == pid else None

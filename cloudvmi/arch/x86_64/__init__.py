@@ -2,7 +2,7 @@
 
 from cloudvmi.arch.base import Arch
 from cloudvmi.arch.x86_64 import abi
-from cloudvmi.arch.x86_64.batch import CODE, DONE
+from cloudvmi.arch.x86_64.batch import CODE, DONE, resume_stub
 from cloudvmi.arch.x86_64.paging import PAGE, AddressSpace, Mapping, TranslationCache
 
 
@@ -29,8 +29,8 @@ ARCH = Arch(
              "rbx": "bx", "r11": "r11", "r10": "r10", "r9": "r9", "r8": "r8", "rax": "ax",
              "rcx": "cx", "rdx": "dx", "rsi": "si", "rdi": "di", "rip": "ip",
              "eflags": "flags", "rsp": "sp", "cs": "cs", "ss": "ss"},
-    syscall_entry="entry_SYSCALL_64", entry_return_pc="rcx",
-    syscall=abi.ABI, batch_code=CODE, batch_done=DONE,
+    tif_sigpending=2, syscall_entry="entry_SYSCALL_64", entry_return_pc="rcx",
+    syscall=abi.ABI, batch_code=CODE, batch_done=DONE, resume_stub=resume_stub,
     capstone=("CS_ARCH_X86", "CS_MODE_64"), address_space=AddressSpace,
     translation_cache=TranslationCache,
 )

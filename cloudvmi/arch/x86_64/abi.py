@@ -12,7 +12,7 @@ NR = {
     "alarm": 37, "getpid": 39, "socket": 41, "fork": 57, "execve": 59, "exit": 60,
     "wait4": 61, "kill": 62, "fsync": 74, "ftruncate": 77, "getuid": 102, "getdents64": 217,
     "exit_group": 231, "openat": 257, "mkdirat": 258, "fchownat": 260, "newfstatat": 262,
-    "unlinkat": 263, "fchmodat": 268,
+    "unlinkat": 263, "fchmodat": 268, "rt_sigreturn": 15, "execveat": 322,
 }
 
 AT_FDCWD = -100
@@ -27,6 +27,7 @@ AF_INET, SOCK_DGRAM = 2, 2
 SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCGIFADDR, SIOCSIFADDR = 0x8913, 0x8914, 0x8915, 0x8916
 SIOCSIFNETMASK = 0x891C
 IFF_UP = 0x1
+SIG_BLOCK, SIG_UNBLOCK, SIG_SETMASK = 0, 1, 2
 
 STAT = struct.Struct("<QQQIIIIQqqqqqqqqq24x")  # struct stat (144 bytes)
 STAT_FIELDS = ("dev", "ino", "nlink", "mode", "uid", "gid", "", "rdev", "size", "blksize",
@@ -37,4 +38,6 @@ ABI = SyscallABI(
     numbers=NR, nr_register="rax", arg_registers=("rdi", "rsi", "rdx", "r10", "r8", "r9"),
     result_register="rax", instruction="syscall", instruction_size=2,
     constants=sys.modules[__name__], stat=STAT, stat_fields=STAT_FIELDS,
+    no_return=frozenset(NR[n] for n in ("rt_sigreturn", "execve", "execveat", "exit",
+                                        "exit_group")),
 )

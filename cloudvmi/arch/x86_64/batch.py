@@ -11,3 +11,18 @@ CODE = bytes.fromhex(
     "f6c7010f8473ffffff483d01f0ffff0f8267ffffffebfe"
 )
 DONE = 0x99  # offset of `done: jmp done`
+
+
+def resume_stub(saved: dict[str, int]) -> tuple[bytes, int]:
+    """Code that gives a thread back its RAX and RIP: where a thread still inside an injected
+    call is sent when that call returns (the kernel writes the call's result into RAX, so
+    RAX cannot be restored through the frame). All other registers come from the frame.
+    Returns (bytes, entry offset); a 2-byte NOP before the entry catches a restarted call,
+    which the kernel rewinds by the 2 bytes of `syscall`."""
+    code = bytes.fromhex(
+        "6690"              # nop (2 bytes): a restarted system call lands here
+        "488b0509000000"    # mov rax, [rip+9]   -> the saved RAX
+        "ff250b000000"      # jmp [rip+11]       -> the saved RIP
+        "000000"            # padding to the data
+    )
+    return code + saved["rax"].to_bytes(8, "little") + saved["rip"].to_bytes(8, "little"), 2

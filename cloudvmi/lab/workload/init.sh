@@ -25,6 +25,7 @@ sleep 2000000 &
 sh -c 'printf "odd (name) ü" > /proc/self/comm; while :; do sleep 3600; done' \
 	odd 'arg with spaces' '(paren)' 'ünïcödé' &
 sh -c 'while :; do sleep 3600; done' long $(yes abcdefghij | head -n 1000 | tr -d '\n') &
+sh -c 'while :; do sleep 3600; done' empty-args '' middle '' &
 # A zombie: the child exits and its parent (now sleep) never waits for it.
 sh -c 'sleep 0 & exec sleep 3000000' &
 /bin/workload threads 3 &
@@ -33,6 +34,7 @@ sh -c 'sleep 0 & exec sleep 3000000' &
 # Processes that check their own state (a counter and the clock) for writable-VMI tests.
 /bin/workload counter >/tmp/counter.log 2>&1 &
 /bin/workload user 1000 >/tmp/user.log 2>&1 &
+/bin/workload signals /tmp/signals.txt &
 # A busy loop, at the lowest priority so the console stays responsive.
 if [ "$busy" = 1 ]; then
 	sh -c 'while :; do :; done' busy &

@@ -4,11 +4,16 @@
  *   workload listen PORT  a process with a listening TCP socket on PORT
  *   workload counter      prints a counter every 100 ms and checks time never jumps back
  *   workload user UID     the counter, run as UID (a process without root's rights)
+ *   workload sentinel FILE holds known values in general and vector registers, checks them
+ *                         in a loop, and writes "rounds N corrupt M" into FILE after each round
+ *   workload signals FILE counts SIGUSR1 and SIGRTMIN+1 deliveries into FILE every 50 ms
+ *                         (handlers without SA_RESTART: a waiting call would be interrupted)
  */
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +89,103 @@ static int counter(void)
 	}
 }
 
+/* One round: load sentinels, check them 50 million times, 0 if every check held. Nothing
+ * in the loop touches memory or makes a system call: only a change made from outside (an
+ * injection that did not restore a register) can break a check. */
+static unsigned long sentinel_round(void)
+{
+	unsigned long bad;
+	__asm__ volatile(
+		"movabs $0x5e5e0000000000b1, %%rbx\n\t"
+		"movabs $0x5e5e0000000000d1, %%rdx\n\t"
+		"movabs $0x5e5e0000000000e1, %%rsi\n\t"
+		"movabs $0x5e5e0000000000f1, %%rdi\n\t"
+		"movabs $0x5e5e000000000081, %%r8\n\t"
+		"movabs $0x5e5e000000000091, %%r9\n\t"
+		"movabs $0x5e5e000000000101, %%r10\n\t"
+		"movabs $0x5e5e000000000111, %%r11\n\t"
+		"movabs $0x5e5e000000000121, %%r12\n\t"
+		"movabs $0x5e5e000000000131, %%r13\n\t"
+		"movabs $0x5e5e000000000141, %%r14\n\t"
+		"movabs $0x5e5e000000000151, %%r15\n\t"
+		"movq %%r12, %%xmm0\n\t"
+		"movq %%r13, %%xmm1\n\t"
+		"movq %%r14, %%xmm7\n\t"
+		"movq %%r15, %%xmm15\n\t"
+		"mov $50000000, %%ecx\n"
+		"1:\n\t"
+		"movabs $0x5e5e0000000000b1, %%rax\n\tcmp %%rax, %%rbx\n\tjne 2f\n\t"
+		"movabs $0x5e5e0000000000d1, %%rax\n\tcmp %%rax, %%rdx\n\tjne 2f\n\t"
+		"movabs $0x5e5e0000000000e1, %%rax\n\tcmp %%rax, %%rsi\n\tjne 2f\n\t"
+		"movabs $0x5e5e0000000000f1, %%rax\n\tcmp %%rax, %%rdi\n\tjne 2f\n\t"
+		"movabs $0x5e5e000000000081, %%rax\n\tcmp %%rax, %%r8\n\tjne 2f\n\t"
+		"movabs $0x5e5e000000000091, %%rax\n\tcmp %%rax, %%r9\n\tjne 2f\n\t"
+		"movabs $0x5e5e000000000101, %%rax\n\tcmp %%rax, %%r10\n\tjne 2f\n\t"
+		"movabs $0x5e5e000000000111, %%rax\n\tcmp %%rax, %%r11\n\tjne 2f\n\t"
+		"movabs $0x5e5e000000000121, %%rax\n\tcmp %%rax, %%r12\n\tjne 2f\n\t"
+		"movabs $0x5e5e000000000131, %%rax\n\tcmp %%rax, %%r13\n\tjne 2f\n\t"
+		"movabs $0x5e5e000000000141, %%rax\n\tcmp %%rax, %%r14\n\tjne 2f\n\t"
+		"movabs $0x5e5e000000000151, %%rax\n\tcmp %%rax, %%r15\n\tjne 2f\n\t"
+		"movq %%xmm0, %%rax\n\tcmp %%rax, %%r12\n\tjne 2f\n\t"
+		"movq %%xmm1, %%rax\n\tcmp %%rax, %%r13\n\tjne 2f\n\t"
+		"movq %%xmm7, %%rax\n\tcmp %%rax, %%r14\n\tjne 2f\n\t"
+		"movq %%xmm15, %%rax\n\tcmp %%rax, %%r15\n\tjne 2f\n\t"
+		"dec %%rcx\n\tjnz 1b\n\t"
+		"xor %%eax, %%eax\n\tjmp 3f\n"
+		"2:\tmov $1, %%eax\n"
+		"3:\tmov %%rax, %0\n"
+		: "=r"(bad)
+		:
+		: "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+		  "r14", "r15", "xmm0", "xmm1", "xmm7", "xmm15", "cc");
+	return bad;
+}
+
+static int sentinel(const char *path)
+{
+	char tmp[256];
+	unsigned long rounds = 0, corrupt = 0;
+	snprintf(tmp, sizeof tmp, "%s.new", path);
+	for (;;) {
+		corrupt += sentinel_round();
+		rounds++;
+		FILE *f = fopen(tmp, "w");
+		if (f) {
+			fprintf(f, "rounds %lu corrupt %lu\n", rounds, corrupt);
+			fclose(f);
+			rename(tmp, path);
+		}
+	}
+}
+
+static volatile sig_atomic_t usr1_seen, rt_seen;
+
+static void on_signal(int sig)
+{
+	if (sig == SIGUSR1)
+		usr1_seen++;
+	else
+		rt_seen++;
+}
+
+static int signals(const char *path)
+{
+	struct sigaction sa = { .sa_handler = on_signal };
+	char tmp[256];
+	sigaction(SIGUSR1, &sa, NULL);
+	sigaction(SIGRTMIN + 1, &sa, NULL);
+	snprintf(tmp, sizeof tmp, "%s.new", path);
+	for (;;) {
+		FILE *f = fopen(tmp, "w");
+		if (f) {
+			fprintf(f, "usr1 %d rt %d\n", (int)usr1_seen, (int)rt_seen);
+			fclose(f);
+			rename(tmp, path);
+		}
+		usleep(50000);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 3 && !strcmp(argv[1], "threads"))
@@ -94,11 +196,16 @@ int main(int argc, char **argv)
 		return listen_on(atoi(argv[2]));
 	if (argc >= 2 && !strcmp(argv[1], "counter"))
 		return counter();
+	if (argc >= 3 && !strcmp(argv[1], "sentinel"))
+		return sentinel(argv[2]);
+	if (argc >= 3 && !strcmp(argv[1], "signals"))
+		return signals(argv[2]);
 	if (argc >= 3 && !strcmp(argv[1], "user")) {
 		if (setgid(atoi(argv[2])) || setuid(atoi(argv[2])))
 			return 1;
 		return counter();
 	}
-	fprintf(stderr, "usage: workload threads N | files DIR | listen PORT | counter | user UID\n");
+	fprintf(stderr, "usage: workload threads N | files DIR | listen PORT | counter | user UID | "
+		"sentinel FILE | signals FILE\n");
 	return 64;
 }

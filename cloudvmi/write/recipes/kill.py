@@ -8,7 +8,7 @@ from cloudvmi.write.errors import check
 def kill(ops, pid: int, sig: int = 15) -> None:
     """Send signal SIG to guest process PID."""
     inj = ops.injector
-    inj.hijack(ops.pid)
+    inj.hijack(ops.pid, avoid=pid)  # never the process that is about to get the signal
     try:
         check(inj.syscall(inj.abi.nr("kill"), pid, sig), f"kill({pid}, {sig})")
     finally:

@@ -21,11 +21,11 @@ def read_file(ops, path: str, limit: int = MAX_FILE) -> bytes:
         st = s.alloc(abi.stat_size)
         fd = b.add(abi.nr("openat"), abi.AT_FDCWD, s.put(guest_path(path)),
                    abi.O_RDONLY | abi.O_CLOEXEC)
-        b.add(abi.nr("fstat"), b.result(fd), st)
+        fstat = b.add(abi.nr("fstat"), b.result(fd), st)
         results = s.run(b)
         fd_value = check(results[fd], f"open {path}")
         try:
-            check(results[1], f"fstat {path}")
+            check(results[fstat], f"fstat {path}")
             size = abi.parse_stat(s.read(st, abi.stat_size))["size"]
             if size > limit:
                 raise GuestOSError(27, f"{path} is {size} bytes, over the {limit} limit")

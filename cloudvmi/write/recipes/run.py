@@ -29,15 +29,19 @@ def run(ops, argv: list[str], timeout: float = 30.0) -> tuple[int, bytes]:
             argv_ptr = s.put(struct.pack(f"{ptr[0]}{len(args) + 1}{ptr[1]}", *args, 0))
             envp = s.put(struct.pack(f"{ptr[0]}2{ptr[1]}", s.put(PATH), 0))
             status = s.alloc(8)
+            # The hijacked thread's signals are blocked while we hold it; the child gets the
+            # process's own mask back before it runs the program (alarm must reach it).
+            mask = s.put(inj.arch.pointer.pack(inj.target.sigmask or 0))
             fd = b.add(abi.nr("openat"), abi.AT_FDCWD, s.put(guest_path(out_path)),
                        abi.O_RDWR | abi.O_CREAT | abi.O_TRUNC, 0o600)
             null = b.add(abi.nr("openat"), abi.AT_FDCWD, s.put(b"/dev/null\0"), abi.O_RDONLY)
-            pid = b.add(abi.nr("fork"), parent_skips=6)
+            pid = b.add(abi.nr("fork"), parent_skips=7)
             # The child's calls: none may stop the batch, or the child would spin at its end
             # instead of reaching exit_group.
             b.add(abi.nr("dup2"), b.result(null), 0, stop_on_error=False)
             b.add(abi.nr("dup2"), b.result(fd), 1, stop_on_error=False)
             b.add(abi.nr("dup2"), b.result(fd), 2, stop_on_error=False)
+            b.add(abi.nr("rt_sigprocmask"), abi.SIG_SETMASK, mask, 0, 8, stop_on_error=False)
             b.add(abi.nr("alarm"), max(1, int(timeout)), stop_on_error=False)
             b.add(abi.nr("execve"), args[0], argv_ptr, envp, stop_on_error=False)
             b.add(abi.nr("exit_group"), 127, stop_on_error=False)

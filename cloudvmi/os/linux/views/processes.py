@@ -136,7 +136,11 @@ class TaskReader:
             # setproctitle() may run the title on into the environment (proc_pid_cmdline)
             more = space.read(end, min(mm["env_end"] - end, MAX_CMDLINE - len(raw)))
             raw += more.split(b"\0", 1)[0]
-        return [_decode(a) for a in raw.rstrip(b"\0").split(b"\0")] if raw else []
+        if not raw:
+            return []
+        if raw.endswith(b"\0"):  # each argument ends with a NUL; an empty one is kept
+            raw = raw[:-1]
+        return [_decode(a) for a in raw.split(b"\0")]
 
     def exe(self, mm: dict) -> str | None:
         if not mm["exe_file"]:
