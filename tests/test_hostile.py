@@ -2,6 +2,7 @@
 dumps. Each case must end in bounded time with a clear error or a result marked partial."""
 
 import os
+import random
 import shutil
 import struct
 import time
@@ -169,3 +170,25 @@ def test_a_planted_fake_kallsyms_table_is_passed_over(raw_copy):
         found = _timed(lambda: vm.linux.kernel)
         assert found.text_virt == real_text
         assert found.symbols.lookup("init_task") == table.lookup("init_task")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_seeded_random_corruption_of_tasks(raw_copy, seed):
+    """Random bytes over random fields of a dozen task_structs (seeded, so a failure can be
+    replayed): every view answers, complete or marked partial, or raises a clear error."""
+    rng = random.Random(seed)
+    mem, kernel, reader = _edit(raw_copy)
+    tasks = processes(kernel).items
+    size = reader.task.struct.size
+    for victim in rng.sample(tasks, 12):
+        for _ in range(4):
+            offset = rng.randrange(0, size - 8) & ~7
+            kernel.space.write(victim.address + offset, rng.randbytes(8))
+    mem.close()
+    with attach(str(raw_copy), profile_cache=None) as vm:
+        for view in (vm.linux.processes, vm.linux.threads, vm.linux.modules, vm.linux.info):
+            try:
+                result = _timed(view)
+            except CloudVMIError:
+                continue
+            assert result is not None

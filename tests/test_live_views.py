@@ -168,8 +168,10 @@ def test_cli_json_live_and_dump(live, tmp_path):
         from cloudvmi.control.qmp import QMP
 
         vm.qmp = QMP(str(g.qmp_path))
+        left = vm.qmp.execute("query-status")["status"]
         vm.resume()
-    assert live_json == from_dump  # the CLI found the guest paused and left it paused
+    assert left == "paused"  # the CLI found the guest paused and left it paused
+    assert live_json == from_dump
     assert any(p["comm"] == "odd (name) ü" for p in live_json["items"])
 
 
