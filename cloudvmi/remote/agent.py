@@ -123,6 +123,9 @@ class AgentService(rpc.AgentServicer):
             for offset in range(0, len(blob), CHUNK):
                 yield pb.Reply(data=blob[offset:offset + CHUNK])
 
+    def InvokeOne(self, request, context):
+        return self.Invoke(iter((request,)), context)
+
     def _payload(self, context, first, rest, expected: int) -> bytes:
         if expected > MAX_PAYLOAD:
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",

@@ -104,7 +104,10 @@ class Node:
                 yield pb.Call(data=payload[offset:offset + CHUNK])
 
         try:
-            replies = self.stub.Invoke(calls(), timeout=self.timeout)
+            if len(payload) <= CHUNK:  # all in the first message
+                replies = self.stub.InvokeOne(next(calls()), timeout=self.timeout)
+            else:
+                replies = self.stub.Invoke(calls(), timeout=self.timeout)
             first = next(replies)
             data = b"".join(r.data for r in replies)
         except grpc.RpcError as exc:

@@ -8,6 +8,7 @@ receiver knows how much to expect before reading any of it.
 """
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -21,8 +22,11 @@ def encode(value: Any) -> tuple[str, list[bytes]]:
     blobs: list[bytes] = []
 
     def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, _SCALARS):
+            return v
+        names = _field_names(type(v))
+        if names is not None:
+            return {name: plain(getattr(v, name)) for name in names}
         if isinstance(v, bytes | bytearray | memoryview):
             blobs.append(bytes(v))
             return {BLOB: len(blobs[-1])}
@@ -33,6 +37,16 @@ def encode(value: Any) -> tuple[str, list[bytes]]:
         return v
 
     return json.dumps(plain(value), ensure_ascii=False, separators=(",", ":")), blobs
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+@functools.lru_cache(maxsize=512)
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    if not dataclasses.is_dataclass(cls):
+        return None
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def blob_sizes(text: str) -> list[int]:
@@ -75,16 +89,19 @@ def decode(text: str, blobs: bytes, hint: Any = Any) -> Any:
             return [unblob(x) for x in v]
         return v
 
-    return build(hint, unblob(json.loads(text)))
+    plain = json.loads(text)
+    return build(hint, unblob(plain) if BLOB in text else plain)
 
 
 def build(hint: Any, value: Any) -> Any:
     """VALUE (plain JSON data) as an instance of HINT, recursively."""
-    if hint is Any or value is None:
+    if hint is Any or value is None or hint in _PLAIN:
         return value
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
+        if type(value) in args:  # str | None given a str
+            return value
         for option in args:
             if option is type(None):
                 continue
@@ -104,20 +121,31 @@ def build(hint: Any, value: Any) -> Any:
         return {k: build(vt, v) for k, v in value.items()}
     cls = origin or hint
     if dataclasses.is_dataclass(cls) and isinstance(value, dict):
-        try:
-            hints = typing.get_type_hints(cls)
-        except (NameError, TypeError):
-            hints = {}
-        params = dict(zip(getattr(cls, "__parameters__", ()), args, strict=False))
         fields = {}
-        for f in dataclasses.fields(cls):
-            if f.name in value:
-                fh = hints.get(f.name, Any)
-                fields[f.name] = build(_substitute(fh, params), value[f.name])
+        for name, field_hint in _field_hints(hint):
+            if name in value:
+                fields[name] = build(field_hint, value[name])
         return cls(**fields)
     if cls is float and isinstance(value, int):
         return float(value)
     return value
+
+
+_PLAIN = (str, int, bool)  # JSON gives these as they are
+
+
+@functools.lru_cache(maxsize=512)
+def _field_hints(hint: Any) -> tuple[tuple[str, Any], ...]:
+    """A dataclass's fields and their types, type variables filled in from HINT's
+    arguments (ViewResult[Process]: items is list[Process]); worked out once per type."""
+    cls = typing.get_origin(hint) or hint
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        hints = {}
+    params = dict(zip(getattr(cls, "__parameters__", ()), typing.get_args(hint), strict=False))
+    return tuple((f.name, _substitute(hints.get(f.name, Any), params))
+                 for f in dataclasses.fields(cls))
 
 
 def _substitute(hint: Any, params: dict) -> Any:

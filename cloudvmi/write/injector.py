@@ -52,6 +52,7 @@ class Injector:
         self.mm_context = Record(kernel.btf, "mm_struct", {"vdso": "context.vdso"})
         self.target: Target | None = None
         self._vdso_offset: int | None = None  # of a syscall instruction in the vDSO image
+        self._journaled: tuple | None = None  # what the journal on disk says
         self.stats = {"syscalls": 0, "batches": 0, "foreign_hits": 0}
 
     def _root(self, regs: dict[str, int]) -> int:
@@ -79,6 +80,7 @@ class Injector:
             raise
 
     def _hold(self, *breakpoints: int) -> None:
+        self._journaled = None
         if self.journal is not None:
             self.journal.hold(list(breakpoints))
 
@@ -128,10 +130,18 @@ class Injector:
         self._write_journal()
 
     def _write_journal(self) -> None:
-        if self.journal is not None and self.target is not None:
+        """Journal the held thread when what recovery needs changes (not whether it is parked
+        or on which vCPU: recovery finds that out from the vCPUs themselves)."""
+        if self.journal is None or self.target is None:
+            return
+        key = (self.target.task, self.target.stop_at, self.target.resume_at,
+               self.target.sigmask, tuple(map(tuple, self.target.scratch)))
+        if key != self._journaled:
             self.journal.write(self.target)
+            self._journaled = key
 
     def _clear_journal(self) -> None:
+        self._journaled = None
         if self.journal is not None:
             self.journal.clear()
 

@@ -6,7 +6,7 @@
  *   workload user UID     the counter, run as UID (a process without root's rights)
  *   workload sentinel FILE holds known values in general and vector registers, checks them
  *                         in a loop, and writes "rounds N corrupt M" into FILE after each round
- *   workload signals FILE counts SIGUSR1 and SIGRTMIN+1 deliveries into FILE every 50 ms
+ *   workload signals FILE counts SIGUSR1 and SIGRTMIN+1 deliveries into FILE every 200 ms
  *                         (handlers without SA_RESTART: a waiting call would be interrupted)
  */
 #include <arpa/inet.h>
@@ -182,7 +182,7 @@ static int signals(const char *path)
 			fclose(f);
 			rename(tmp, path);
 		}
-		usleep(50000);
+		usleep(200000);
 	}
 }
 

@@ -44,6 +44,11 @@ class AgentStub:
                 request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
                 response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
                 _registered_method=True)
+        self.InvokeOne = channel.unary_stream(
+                '/cloudvmi.v1.Agent/InvokeOne',
+                request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
+                response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -61,6 +66,14 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InvokeOne(self, request, context):
+        """The same for a call whose payload fits in its first message (most calls): one request
+        message saves the streaming request's round of thread hand-offs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -71,6 +84,11 @@ def add_AgentServicer_to_server(servicer, server):
             ),
             'Invoke': grpc.stream_stream_rpc_method_handler(
                     servicer.Invoke,
+                    request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.FromString,
+                    response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.SerializeToString,
+            ),
+            'InvokeOne': grpc.unary_stream_rpc_method_handler(
+                    servicer.InvokeOne,
                     request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.FromString,
                     response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.SerializeToString,
             ),
@@ -127,6 +145,33 @@ class Agent:
             request_iterator,
             target,
             '/cloudvmi.v1.Agent/Invoke',
+            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
+            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeOne(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cloudvmi.v1.Agent/InvokeOne',
             cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
             cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
             options,
