@@ -16,7 +16,10 @@ FLAVOURS = {"generic": "amd64", "cloud": "cloud-amd64"}
 MIRROR = "http://deb.debian.org/debian"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # Modules the lab guest loads: small, dependency-free, present in every flavour.
-LAB_MODULES = ("drivers/net/dummy.ko",)
+# Loaded in this order (dependencies first): the VLAN stack gives modules that use each
+# other (llc <- stp <- garp <- 8021q, mrp <- 8021q), so reference counts are exercised.
+LAB_MODULES = ("net/llc/llc.ko", "net/802/stp.ko", "net/802/garp.ko", "net/802/mrp.ko",
+               "net/8021q/8021q.ko", "drivers/net/dummy.ko")
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,8 @@ def fetch(version: str = "6.1", flavour: str = "generic") -> LabKernel:
     """Download (once) and unpack a Debian kernel with the modules the lab loads."""
     kdir = sub("kernels") / f"{version}-{flavour}"
     done = kdir / "release"
-    if not done.exists():
+    listed = kdir / "modules.list"
+    if not done.exists() or not listed.exists() or listed.read_text() != "\n".join(LAB_MODULES):
         package = resolve_package(version, flavour)
         root = _apt_root()
         debdir = sub("debs")
@@ -98,6 +102,7 @@ def fetch(version: str = "6.1", flavour: str = "generic") -> LabKernel:
                  cwd=debdir)
             debs = list(debdir.glob(f"{package}_*.deb"))
         _unpack(debs[0], kdir)
+        listed.write_text("\n".join(LAB_MODULES))
         done.write_text(package.removeprefix("linux-image-"))
     release = done.read_text().strip()
     return LabKernel(
@@ -112,7 +117,8 @@ def fetch(version: str = "6.1", flavour: str = "generic") -> LabKernel:
 def _unpack(deb: Path, kdir: Path) -> None:
     """Take vmlinuz and the lab modules out of the .deb, decompressing .ko.xz."""
     kdir.mkdir(parents=True, exist_ok=True)
-    (kdir / "modules").mkdir(exist_ok=True)
+    shutil.rmtree(kdir / "modules", ignore_errors=True)
+    (kdir / "modules").mkdir()
     data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True,
                           check=True).stdout
     import io
@@ -123,11 +129,12 @@ def _unpack(deb: Path, kdir: Path) -> None:
             if re.fullmatch(r"boot/vmlinuz-.*", name):
                 (kdir / "vmlinuz").write_bytes(tar.extractfile(member).read())
                 continue
-            for mod in LAB_MODULES:
+            for order, mod in enumerate(LAB_MODULES):
                 if re.fullmatch(rf"(usr/)?lib/modules/[^/]+/kernel/{re.escape(mod)}(\.xz)?", name):
                     blob = tar.extractfile(member).read()
                     if name.endswith(".xz"):
                         blob = lzma.decompress(blob)
-                    (kdir / "modules" / Path(mod).name).write_bytes(blob)
+                    # The file name's prefix keeps the load order (init loads them sorted).
+                    (kdir / "modules" / f"{order:02d}-{Path(mod).name}").write_bytes(blob)
     if not (kdir / "vmlinuz").exists():
         raise CloudVMIError(f"{deb.name} has no boot/vmlinuz")
