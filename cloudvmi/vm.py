@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cloudvmi.capability import vm_call
 from cloudvmi.control import discovery
-from cloudvmi.control.discovery import qemu_pid, shared_ram_file
+from cloudvmi.control.discovery import process_alive, qemu_pid, shared_ram_file
 from cloudvmi.control.qmp import QMP
 from cloudvmi.errors import CloudVMIError, GuestMemoryError
 from cloudvmi.memory.base import PhysicalMemory, Region
@@ -250,21 +250,11 @@ def _resume_if_left_paused(qmp: QMP) -> None:
         owner = int(marker.read_text() or 0)
     except (FileNotFoundError, ValueError):
         return
-    if owner and owner != os.getpid() and _alive(owner):
+    if owner and owner != os.getpid() and process_alive(owner):
         return
     if qmp.execute("query-status")["status"] == "paused":
         qmp.execute("cont")
     marker.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _check_size(size: int) -> None:

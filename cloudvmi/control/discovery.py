@@ -4,9 +4,11 @@ VMs are found by finders: plug-ins listed under the `cloudvmi.finders` entry poi
 module with `find(name) -> Found | None` and `running() -> list[Found]` (the lab is one).
 """
 
+import os
 import socket
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 from cloudvmi.errors import CloudVMIError
 
@@ -44,6 +46,20 @@ def find(name: str, only: list[str] | None = None) -> Found | None:
 def running(only: list[str] | None = None) -> list[Found]:
     """Every running VM the finders know."""
     return [f for finder in _finders(only) for f in finder.running()]
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a host process runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def qemu_pid(qmp_socket: str) -> int:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudvmi.control.discovery import process_alive
 from cloudvmi.errors import CloudVMIError, MissingDependency
 from cloudvmi.lab import initramfs, kernels
 from cloudvmi.lab.accel import qemu_accel_args
@@ -55,7 +56,7 @@ class LabGuest:
         return Console(self.dir / "serial.sock", self.dir / "console.lock")
 
     def running(self) -> bool:
-        return _alive(self.pid)
+        return process_alive(self.pid)
 
 
 def parse_size(text: str) -> int:
@@ -65,19 +66,6 @@ def parse_size(text: str) -> int:
         raise LabError(f"bad memory size {text!r}; use e.g. 256M or 4G")
     value = int(match.group(1))
     return value * 1024 if match.group(2).lower() == "g" else value
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _free_port() -> int:
