@@ -18,9 +18,15 @@ errors = Console(stderr=True)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def literal(value: Any) -> Text:
-    """VALUE as text that the terminal shows as it is: no markup, no escape sequences."""
+CELL_LIMIT = 240  # characters a table cell shows; --json gives every byte
+
+
+def literal(value: Any, limit: int | None = None) -> Text:
+    """VALUE as text that the terminal shows as it is: no markup, no escape sequences;
+    cut at LIMIT characters with a note of how much is left out."""
     s = "" if value is None else str(value)
+    if limit is not None and len(s) > limit:
+        s = f"{s[:limit]}… (+{len(s) - limit} characters)"
     s = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s)
     s = s.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates from guests
     return Text(s)
@@ -51,7 +57,7 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]],
     for col in columns:
         t.add_column(col, overflow="fold", justify="right" if col in numeric else "left")
     for row in rows:
-        t.add_row(*(literal(v) for v in row))
+        t.add_row(*(literal(v, CELL_LIMIT) for v in row))
     console.print(t)
 
 
