@@ -189,7 +189,10 @@ def _operations(vm, tag: str) -> dict:
     pid = int(pid)
     ops.kill(pid, 0)  # exists
     ops.kill(pid, 9)
-    state = ops.run(["/bin/sh", "-c", f"cat /proc/{pid}/stat 2>/dev/null | cut -d' ' -f3"])
+    # SIGKILL is delivered when the victim next runs: give it up to 5 s to be gone
+    state = ops.run(["/bin/sh", "-c", f"for i in $(seq 50); do s=$(cut -d' ' -f3 "
+                     f"/proc/{pid}/stat 2>/dev/null); [ -z \"$s\" ] || [ \"$s\" = Z ] && break; "
+                     "sleep 0.1; done; echo \"$s\""])
     out["guest.kill"] = state[1].strip() in (b"", b"Z")
     base = vm.linux.kernel.image_phys(vm.linux.kernel.symbols.lookup("linux_banner"))
     same = vm.read_physical(base, 32)
