@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from cloudvmi.capability import Capability
+from cloudvmi.capability import Capability, Column
 from cloudvmi.cli.output import console, emit_json, error, table
 from cloudvmi.errors import CloudVMIError
 
@@ -53,8 +53,6 @@ def render(cap: Capability, vm_name: str, result: Any) -> None:
 
 
 def _field_columns(items: list):
-    from cloudvmi.capability import Column
-
     if not items or not dataclasses.is_dataclass(items[0]):
         return (Column("VALUE", lambda v: v),)
     return tuple(Column(f.name.upper(), f.name) for f in dataclasses.fields(items[0]))

@@ -191,20 +191,13 @@ class Injector:
         """Let a thread that is inside an injected call finish it and stop where it was to
         (a short call returns at once), for at most RECOVER_WAIT; then it can be put back
         exactly. A call that waits longer is left to the user-frame rewrite."""
-        self.gdb.add_breakpoint(target.stop_at)
         try:
-            deadline = time.monotonic() + RECOVER_WAIT
-            while True:
-                thread, regs = self._run_until(target.stop_at, deadline, "the injected call")
-                if self._root(regs) == target.root and self._task_of(regs) == target.task:
-                    target.thread, target.parked = thread, True
-                    return True
-                self._step_over(target.stop_at)
+            thread, _ = self._await_thread(target.stop_at, target.root, target.task,
+                                           time.monotonic() + RECOVER_WAIT, "the injected call")
         except InjectionTimeout:
             return False
-        finally:
-            with suppress(GDBStubError):
-                self.gdb.remove_breakpoint(target.stop_at)
+        target.thread, target.parked = thread, True
+        return True
 
     def _take_at_syscall_return(self, pid: int | None, deadline: float) -> Target:
         """Break at syscall entry in a suitable process, then where that syscall returns.
@@ -247,19 +240,24 @@ class Injector:
 
     def _await_return(self, regs: dict[str, int], task: int, t: dict, deadline: float):
         """Let the system call that REGS entered run, and stop where it returns to."""
-        user_pc, root = regs[self.arch.entry_return_pc], self._root(regs)
+        user_pc = regs[self.arch.entry_return_pc]
         self._hold(user_pc)
-        self.gdb.add_breakpoint(user_pc)
+        return self._await_thread(user_pc, self._root(regs), task, deadline,
+                                  f"pid {t['tgid']} to return from its system call")
+
+    def _await_thread(self, address: int, root: int, task: int, deadline: float, what: str):
+        """Run the VM until the thread of TASK (in address space ROOT) stops at ADDRESS, under
+        a hardware breakpoint; other threads that hit it are stepped past. (thread, regs)."""
+        self.gdb.add_breakpoint(address)
         try:
             while True:
-                thread, regs = self._run_until(user_pc, deadline, f"pid {t['tgid']} to return "
-                                               "from its system call")
+                thread, regs = self._run_until(address, deadline, what)
                 if self._root(regs) == root and self._task_of(regs) == task:
                     return thread, regs
-                self._step_over(user_pc)
+                self._step_over(address)
         finally:
             with suppress(GDBStubError):
-                self.gdb.remove_breakpoint(user_pc)
+                self.gdb.remove_breakpoint(address)
 
     # -- running code in the thread --------------------------------------------------------
     def _run_until(self, address: int, deadline: float, what: str):
@@ -319,23 +317,20 @@ class Injector:
         target.stop_at = stop_at
         target.parked = False
         self._write_journal()
-        self.gdb.add_breakpoint(stop_at)
         try:
-            while True:
-                _, out = self._run_until(stop_at, deadline, "the injected code to finish")
-                if self._root(out) == target.root and self._task_of(out) == target.task:
-                    target.parked = True
-                    target.thread = self.gdb.thread
-                    # The guest ran: its page tables may have changed (a fork's copy-on-write
-                    # gives the parent new pages), so translations are looked up afresh.
-                    self.kernel.user_space(target.pgd).cache.invalidate()
-                    return out
-                self._step_over(stop_at)
-        finally:
-            with suppress(GDBStubError):
-                self.gdb.remove_breakpoint(stop_at)
+            _, out = self._await_thread(stop_at, target.root, target.task, deadline,
+                                        "the injected code to finish")
+        except BaseException:
             if target.thread is not None and self.gdb.thread != target.thread:
-                self.gdb.select(target.thread)
+                with suppress(GDBStubError):
+                    self.gdb.select(target.thread)
+            raise
+        target.parked = True
+        target.thread = self.gdb.thread
+        # The guest ran: its page tables may have changed (a fork's copy-on-write gives the
+        # parent new pages), so translations are looked up afresh.
+        self.kernel.user_space(target.pgd).cache.invalidate()
+        return out
 
     def _vdso_syscall_address(self) -> int:
         """A system-call instruction in the target's vDSO: code we may run without writing."""

@@ -3,7 +3,7 @@ and a data area. Everything is undone on exit (mapping released, registers resto
 every path."""
 
 from cloudvmi.write import batch as batch_mod
-from cloudvmi.write.errors import InjectionError, check
+from cloudvmi.write.errors import InjectionError
 from cloudvmi.write.injector import Injector
 
 TABLE_PAGES = 16  # 910 calls a batch
@@ -13,8 +13,6 @@ DATA = 256 * 1024  # default data area
 
 class GuestSession:
     """`with GuestSession(injector, data_size) as s: s.run(batch)`; data lives at s.data."""
-
-    check = staticmethod(check)
 
     def __init__(self, injector: Injector, data_size: int = DATA,
                  pid: int | None = None) -> None:

@@ -3,6 +3,7 @@
 import stat as stat_mod
 from dataclasses import dataclass
 
+from cloudvmi.write.errors import check
 from cloudvmi.write.session import GuestSession
 
 MAX_FILE = 256 << 20  # the largest file read or written in one operation
@@ -58,7 +59,7 @@ def one_call(ops, name: str, what: str, path: str, *rest: int) -> int:
     with ops.session() as s:
         b = s.batch()
         i = b.add(s.abi.nr(name), s.abi.AT_FDCWD, s.put(guest_path(path)), *rest)
-        return s.check(s.run(b)[i], what)
+        return check(s.run(b)[i], what)
 
 
 def stat_path(s: GuestSession, path: str, follow: bool = False) -> FileStat:
@@ -67,7 +68,7 @@ def stat_path(s: GuestSession, path: str, follow: bool = False) -> FileStat:
     buf = s.alloc(abi.stat_size)
     i = b.add(abi.nr("newfstatat"), abi.AT_FDCWD, s.put(guest_path(path)), buf,
               0 if follow else abi.AT_SYMLINK_NOFOLLOW)
-    s.check(s.run(b)[i], f"stat {path}")
+    check(s.run(b)[i], f"stat {path}")
     f = abi.parse_stat(s.read(buf, abi.stat_size))
     return FileStat(path=path, mode=f["mode"], type=file_kind(f["mode"]), size=f["size"],
                     uid=f["uid"], gid=f["gid"], nlink=f["nlink"], inode=f["ino"],
