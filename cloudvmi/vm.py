@@ -21,6 +21,7 @@ from cloudvmi.memory.layout import host_regions, parse_mtree
 from cloudvmi.memory.mapped import MappedFileMemory
 from cloudvmi.memory.procmem import ProcessMemory
 from cloudvmi.paths import cache_sub, state_sub
+from cloudvmi.redirect.program import Completed, run_program
 
 MAX_READ = 1 << 30  # one memory read
 
@@ -95,6 +96,13 @@ class VM:
                     self._gdb.cont()  # operations stop it again when they must
             self._guest = GuestOps(injector)
         return self._guest
+
+    def exec(self, argv: list[str], stdin: bytes | None = b"", timeout: float = 60.0,
+             cwd: str = "/", capture: bool = True) -> Completed:
+        """Run an unmodified host program against this guest: its system calls on guest
+        state run inside the guest. `status, out, err = vm.exec(["ls", "-l", "/etc"])`."""
+        with self.guest.channel() as channel:
+            return run_program(channel, argv, stdin, capture, timeout, cwd)
 
     def recover_pending(self) -> bool:
         """If an earlier process died while it held a thread of this VM hijacked, put the

@@ -4,6 +4,7 @@
 from typing import Any
 
 from cloudvmi.capability import Capability, Facade
+from cloudvmi.write.channel import SyscallChannel
 from cloudvmi.write.injector import Injector
 from cloudvmi.write.session import DATA, GuestSession
 
@@ -25,6 +26,10 @@ class GuestOps(Facade):
     def session(self, data_size: int = DATA) -> GuestSession:
         """A hijack with a scratch mapping, for a recipe's batches."""
         return GuestSession(self.injector, data_size, self.pid)
+
+    def channel(self) -> SyscallChannel:
+        """A held hijack that runs lists of calls, one resume each (`SyscallChannel`)."""
+        return SyscallChannel(self)
 
     def _invoke(self, cap: Capability, args: dict[str, Any]) -> Any:
         return cap.fn(self, **args)

@@ -9,6 +9,7 @@ from cloudvmi.write.injector import Injector
 TABLE_PAGES = 16  # 910 calls a batch
 STUB_OFFSET = 0x800  # in the code page, after the batch interpreter
 DATA = 256 * 1024  # default data area
+DATA_LARGE = 4 << 20  # a syscall channel's (file contents, /proc trees)
 
 
 class GuestSession:

@@ -5,15 +5,9 @@ import struct
 import sys
 
 from cloudvmi.arch.base import SyscallABI
+from cloudvmi.arch.x86_64.syscalls import NUMBERS
 
-NR = {
-    "read": 0, "write": 1, "close": 3, "fstat": 5, "lseek": 8, "mmap": 9, "munmap": 11,
-    "rt_sigprocmask": 14, "ioctl": 16, "pread64": 17, "pwrite64": 18, "dup2": 33,
-    "alarm": 37, "getpid": 39, "socket": 41, "fork": 57, "execve": 59, "exit": 60,
-    "wait4": 61, "kill": 62, "fsync": 74, "ftruncate": 77, "getuid": 102, "getdents64": 217,
-    "exit_group": 231, "openat": 257, "mkdirat": 258, "fchownat": 260, "newfstatat": 262,
-    "unlinkat": 263, "fchmodat": 268, "rt_sigreturn": 15, "execveat": 322,
-}
+NR = NUMBERS
 
 AT_FDCWD = -100
 AT_REMOVEDIR = 0x200

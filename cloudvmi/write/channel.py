@@ -1,0 +1,164 @@
+"""A syscall channel: lists of guest system calls, described by name with their buffers, run
+in one held hijack, one resume of the guest thread per list. Redirected programs
+(`cloudvmi.redirect`) speak to a guest through it, locally or through an agent.
+
+A call's arguments are plain values, bytes copied into the scratch area (the call gets their
+address), output buffers (read back after the run) or the result of an earlier call in the
+same list."""
+
+from dataclasses import dataclass, field
+
+from cloudvmi.write import batch as batch_mod
+from cloudvmi.write.errors import InjectionError
+from cloudvmi.write.session import DATA_LARGE, TABLE_PAGES, GuestSession
+
+VALUE, INPUT, OUTPUT, RESULT = "value", "input", "output", "result"
+MAX_CALLS = TABLE_PAGES * 4096 // batch_mod.ENTRY.size
+
+
+@dataclass
+class Arg:
+    kind: str = VALUE  # value | input | output | result
+    value: int = 0  # the value; an output's size; the index of an earlier call
+    data: bytes = b""  # an input's bytes
+
+
+@dataclass
+class GuestCall:
+    name: str
+    args: list[Arg] = field(default_factory=list)
+    stop_on_error: bool = False  # the calls after it do not run if it fails
+    trim: bool = False  # outputs are cut to the result (read, getdents64, readlinkat)
+
+
+@dataclass
+class CallResult:
+    value: int | None  # the raw result (-errno on failure); None: not run
+    outputs: list[bytes] = field(default_factory=list)
+
+
+def value(v: int) -> Arg:
+    return Arg(VALUE, v)
+
+
+def data_in(raw: bytes) -> Arg:
+    return Arg(INPUT, 0, raw)
+
+
+def buffer_out(size: int) -> Arg:
+    return Arg(OUTPUT, size)
+
+
+def result_of(index: int) -> Arg:
+    return Arg(RESULT, index)
+
+
+def cost(calls: list[GuestCall]) -> int:
+    """Scratch bytes a list needs (each buffer rounded as the session allocates it)."""
+    return sum((len(a.data) if a.kind == INPUT else a.value if a.kind == OUTPUT else 0) + 16
+               for c in calls for a in c.args)
+
+
+class SyscallChannel:
+    """The stop-the-world channel: one hijack held while the channel is open; the guest is
+    stopped between lists and runs while one executes. `with ops.channel() as ch:`."""
+
+    max_calls = MAX_CALLS
+    max_bytes = DATA_LARGE
+
+    def __init__(self, ops, data_size: int = DATA_LARGE) -> None:
+        self.session: GuestSession = ops.session(data_size)
+        self.abi = ops.injector.abi
+        self.max_bytes = data_size
+        self.resumes = 0
+
+    def __enter__(self) -> "SyscallChannel":
+        self.session.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.session.__exit__(*exc)
+
+    def helper_pid(self) -> int:
+        """The guest process whose thread runs the calls (programs must not signal it)."""
+        return self.session.injector.target.tgid
+
+    def run(self, calls: list[GuestCall]) -> list[CallResult]:
+        if len(calls) > self.max_calls or cost(calls) > self.max_bytes:
+            raise InjectionError(f"{len(calls)} calls with {cost(calls)} bytes of buffers "
+                                 "do not fit one run")
+        if not calls:
+            return []
+        s = self.session
+        b = s.batch()
+        # Inputs first, in one write; output buffers after them (never written).
+        blob = bytearray()
+        placed: dict[tuple[int, int], int] = {}
+        for i, call in enumerate(calls):
+            for j, a in enumerate(call.args):
+                if a.kind == INPUT:
+                    placed[i, j] = address = s.alloc(len(a.data))
+                    blob += bytes(address - s.data - len(blob)) + a.data
+        if blob:
+            s.injector.write_user(s.data, bytes(blob))
+        outputs: list[list[tuple[int, int]]] = []
+        for i, call in enumerate(calls):
+            args, outs = [], []
+            for j, a in enumerate(call.args):
+                if a.kind == VALUE:
+                    args.append(a.value)
+                elif a.kind == INPUT:
+                    args.append(placed[i, j])
+                elif a.kind == OUTPUT:
+                    address = s.alloc(a.value)
+                    outs.append((address, a.value))
+                    args.append(address)
+                elif a.kind == RESULT and 0 <= a.value < len(b.calls):
+                    args.append(b.result(a.value))
+                else:
+                    raise ValueError(f"bad argument {a.kind}:{a.value} for {call.name}")
+            b.add(self.abi.nr(call.name), *args, stop_on_error=call.stop_on_error)
+            outputs.append(outs)
+        raw = s.run(b)
+        self.resumes += 1
+        return self._collect(calls, raw, outputs)
+
+    def _collect(self, calls, raw, outputs) -> list[CallResult]:
+        """Read the used output bytes back in as few reads as possible."""
+        wanted: list[tuple[int, int]] = []
+        for call, value, outs in zip(calls, raw, outputs, strict=True):
+            for address, size in outs:
+                if value is None or _signed(value) < 0:
+                    size = 0
+                elif call.trim:
+                    size = min(size, _signed(value))
+                wanted.append((address, size))
+        data = self._read_ranges([w for w in wanted if w[1]])
+        results, k = [], 0
+        for value, outs in zip(raw, outputs, strict=True):
+            got = []
+            for _ in outs:
+                address, size = wanted[k]
+                k += 1
+                got.append(data.get(address, b"")[:size] if size else b"")
+            results.append(CallResult(None if value is None else _signed(value), got))
+        return results
+
+    def _read_ranges(self, ranges: list[tuple[int, int]]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        ranges.sort()
+        i = 0
+        while i < len(ranges):
+            start, end, j = ranges[i][0], ranges[i][0] + ranges[i][1], i
+            while j + 1 < len(ranges) and ranges[j + 1][0] - end < 8192:
+                j += 1
+                end = max(end, ranges[j][0] + ranges[j][1])
+            blob = self.session.read(start, end - start)
+            for address, size in ranges[i:j + 1]:
+                out[address] = blob[address - start:address - start + size]
+            i = j + 1
+        return out
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
