@@ -34,7 +34,8 @@ ALWAYS = [
 
 # Calls whose first argument is a file descriptor: they stop when it is above 2.
 FD_FIRST = [
-    "read", "pread64", "readv", "preadv", "preadv2", "lseek", "fstat", "fstatfs", "getdents",
+    "read", "write", "writev", "pread64", "readv", "preadv", "preadv2", "lseek", "fstat",
+    "fstatfs", "getdents",
     "getdents64", "fchdir", "fchmod", "fchown", "fsync", "fdatasync", "ftruncate", "fgetxattr",
     "flistxattr", "fsetxattr", "fremovexattr", "ioctl", "fcntl", "close", "dup", "dup2", "dup3",
     "bind", "connect", "sendto", "recvfrom", "sendmsg", "recvmsg", "sendmmsg", "recvmmsg",

@@ -22,6 +22,7 @@ from cloudvmi.redirect.guestfs import (
     S_IFMT,
     STAT_SIZE,
     GuestFS,
+    Opened,
     path_in,
     stat_mode,
 )
@@ -36,7 +37,7 @@ from cloudvmi.redirect.stop import (
     normalize,
     rewritten,
 )
-from cloudvmi.write.channel import GuestCall, buffer_out, data_in, result_of, value
+from cloudvmi.write.channel import GuestCall, buffer_out, data_in, data_inout, result_of, value
 
 AT_EMPTY_PATH, AT_REMOVEDIR = 0x1000, 0x200
 O_CLOEXEC, O_APPEND = 0o2000000, 0o2000
@@ -45,6 +46,11 @@ F_DUPFD, F_SETFD, F_DUPFD_CLOEXEC = 0, 2, 1030
 SEEK_SET, SEEK_CUR, SEEK_END = 0, 1, 2
 UTSNAME, SYSINFO, STATFS = 390, 112, 120
 MAX_IOV = 1024
+AF_UNIX, SOCK_CLOEXEC, SOL_SOCKET, SO_RCVTIMEO = 1, 0o2000000, 1, 20
+RECV_TIMEOUT = 2  # seconds a guest socket waits for data (the guest runs meanwhile)
+MAX_SOCK_DATA = 1 << 20
+MSG_TRUNC = 0x20
+SIOC_FIRST, SIOC_LAST, SIOCGIFCONF, IFREQ = 0x8910, 0x89FF, 0x8912, 40
 REFUSED = [
     "mount", "umount2", "pivot_root", "chroot", "swapon", "swapoff", "reboot", "kexec_load",
     "kexec_file_load", "init_module", "finit_module", "delete_module", "settimeofday",
@@ -60,6 +66,7 @@ class Calls:
         self.pgid = pgid
         self.files: set[GuestFile] = set()  # every open guest file (for write-back)
         self.creds: dict[str, int] | None = None
+        self.sockets: set[int] = set()  # guest descriptors of the program's sockets
         self.groups: list[int] = []
         self.utsname: bytes | None = None
         self.by_nr = {NUMBERS[name[4:]]: getattr(self, name) for name in dir(self)
@@ -204,13 +211,16 @@ class Calls:
             f.entries = listing.entries
         return self._install(stop, f, path_arg, bool(flags & O_CLOEXEC))
 
-    def _install(self, stop: Stop, f: GuestFile, name_arg: int, cloexec: bool) -> Outcome:
+    def _install(self, stop: Stop, f: GuestFile, name_arg: int | None, cloexec: bool,
+                 name_address: int = 0) -> Outcome:
         """Turn the call into memfd_create(name, flags): the placeholder gets the very
         descriptor number the program's kernel picks."""
         regs = stop.regs
-        name = stop.string(name_arg) or b""
+        if name_arg is not None:
+            name = stop.string(name_arg) or b""
+            name_address = stop.arg(name_arg) + max(0, len(name) - 200)  # at most 249
         regs.orig_rax = NUMBERS["memfd_create"]
-        regs.rdi = stop.arg(name_arg) + max(0, len(name) - 200)  # names are at most 249
+        regs.rdi = name_address
         regs.rsi = MFD_CLOEXEC if cloexec else 0
         pid, proc = stop.pid, stop.proc
 
@@ -233,6 +243,9 @@ class Calls:
         """A file no descriptor names any more: write it back and let it go."""
         if f is None:
             return 0
+        if f.kind == "socket" and f.sock in self.sockets:
+            self.sockets.discard(f.sock)
+            self.fs.run([GuestCall("close", [value(f.sock)])])
         err = f.flush(self.fs)
         f.close()
         self.files.discard(f)
@@ -319,6 +332,13 @@ class Calls:
         f = stop.proc.fds.get(stop.sarg(0))
         if f is None:
             return native()
+        if f.kind == "socket":
+            if stop.nr != NUMBERS["read"]:
+                return fail(errno.EINVAL)
+            n, data, _ = self._recv(stop, count, 0, 0)
+            if n >= 0 and not stop.put(stop.arg(1), data[:count]):
+                return fail(errno.EFAULT)
+            return answer(n)
         if f.kind == "dir":
             return fail(errno.EISDIR)
         if not f.complete:
@@ -415,7 +435,21 @@ class Calls:
         return self._whole_inputs(stop, 0)
 
     def sys_ioctl(self, stop: Stop) -> Outcome:
-        return fail(errno.ENOTTY) if stop.proc.fds.get(stop.sarg(0)) else native()
+        """Interface ioctls (struct ifreq) on guest sockets; nothing else on guest files."""
+        f = stop.proc.fds.get(stop.sarg(0))
+        if f is None:
+            return native()
+        request = stop.arg(1) & 0xFFFFFFFF
+        if f.kind != "socket" or not SIOC_FIRST <= request <= SIOC_LAST \
+                or request == SIOCGIFCONF:
+            return fail(errno.ENOTTY if f.kind != "socket" else errno.EINVAL)
+        ifreq = stop.read(stop.arg(2), IFREQ)
+        if ifreq is None:
+            return fail(errno.EFAULT)
+        r = self._sock_call(stop, "ioctl", value(request), data_inout(ifreq))
+        if r.value == 0 and not stop.put(stop.arg(2), r.outputs[0]):
+            return fail(errno.EFAULT)
+        return answer(r.value if r.value is not None else -errno.EIO)
 
     def sys_fsync(self, stop: Stop) -> Outcome:
         f = stop.proc.fds.get(stop.sarg(0))
@@ -949,8 +983,252 @@ class Calls:
         return native()
 
     # -- what is not redirected -------------------------------------------------------------
+    # -- sockets: created in the guest, each call marshalled --------------------------------
     def sys_socket(self, stop: Stop) -> Outcome:
-        return fail(errno.EAFNOSUPPORT)
+        """Sockets are the guest's (netlink for `ip` and `ss`, datagram ioctls); local
+        (AF_UNIX) ones would reach host daemons, and are refused."""
+        domain, kind, proto = stop.sarg(0), stop.sarg(1), stop.sarg(2)
+        if domain == AF_UNIX:
+            return fail(errno.EAFNOSUPPORT)
+        self.fs.changed()
+        results = self.fs.run([
+            GuestCall("socket", [value(domain), value(kind | SOCK_CLOEXEC), value(proto)],
+                      stop_on_error=True),
+            GuestCall("setsockopt", [result_of(0), value(SOL_SOCKET), value(SO_RCVTIMEO),
+                                     data_in(struct.pack("<qq", RECV_TIMEOUT, 0)), value(16)]),
+        ])
+        sock = results[0].value
+        if sock is None or sock < 0:
+            return answer(sock if sock is not None else -errno.EIO)
+        self.sockets.add(sock)
+        f = GuestFile(b"socket:[guest]", 2, Opened(0), kind="socket", sock=sock,
+                      sock_family=domain)
+        name = stop.place(b"cloudvmi-socket\0")
+        if name is None:
+            return fail(errno.EFAULT)
+        return self._install(stop, f, None, bool(kind & SOCK_CLOEXEC), name)
+
+    def _socket(self, stop: Stop) -> GuestFile | None:
+        f = stop.proc.fds.get(stop.sarg(0))
+        return f if f is not None and f.kind == "socket" else None
+
+    def _sock_call(self, stop: Stop, name: str, *args, trim: bool = False):
+        f = self._socket(stop)
+        self.fs.changed()
+        return self.fs.run([GuestCall(name, [value(f.sock), *args], trim=trim)])[0]
+
+    def _bytes_at(self, stop: Stop, arg: int, size: int):
+        if not stop.arg(arg) or not size:
+            return value(0)
+        raw = stop.read(stop.arg(arg), min(size, MAX_SOCK_DATA))
+        return None if raw is None else data_in(raw)
+
+    def _address_call(self, stop: Stop, name: str) -> Outcome:
+        if self._socket(stop) is None:
+            return native()
+        addr = self._bytes_at(stop, 1, stop.arg(2) & 0xFFFFFFFF)
+        if addr is None:
+            return fail(errno.EFAULT)
+        return self._result(stop, self._sock_call(stop, name, addr, value(stop.arg(2))))
+
+    def sys_bind(self, stop: Stop) -> Outcome:
+        return self._address_call(stop, "bind")
+
+    def sys_connect(self, stop: Stop) -> Outcome:
+        return self._address_call(stop, "connect")
+
+    def _name_call(self, stop: Stop, name: str) -> Outcome:
+        """getsockname, getpeername: an address and its in/out length."""
+        if self._socket(stop) is None:
+            return native()
+        size_raw = stop.read(stop.arg(2), 4)
+        if size_raw is None:
+            return fail(errno.EFAULT)
+        size = min(struct.unpack("<I", size_raw)[0], 256)
+        r = self._sock_call(stop, name, buffer_out(size), data_inout(size_raw))
+        if r.value == 0:
+            got = struct.unpack("<I", r.outputs[1])[0]
+            if not (stop.put(stop.arg(1), r.outputs[0][:min(size, got)])
+                    and stop.put(stop.arg(2), r.outputs[1])):
+                return fail(errno.EFAULT)
+        return answer(r.value if r.value is not None else -errno.EIO)
+
+    def sys_getsockname(self, stop: Stop) -> Outcome:
+        return self._name_call(stop, "getsockname")
+
+    def sys_getpeername(self, stop: Stop) -> Outcome:
+        return self._name_call(stop, "getpeername")
+
+    def sys_setsockopt(self, stop: Stop) -> Outcome:
+        if self._socket(stop) is None:
+            return native()
+        data = self._bytes_at(stop, 3, stop.arg(4) & 0xFFFFFFFF)
+        if data is None:
+            return fail(errno.EFAULT)
+        return self._result(stop, self._sock_call(stop, "setsockopt", value(stop.arg(1)),
+                                                  value(stop.arg(2)), data,
+                                                  value(stop.arg(4))))
+
+    def sys_getsockopt(self, stop: Stop) -> Outcome:
+        if self._socket(stop) is None:
+            return native()
+        size_raw = stop.read(stop.arg(4), 4)
+        if size_raw is None:
+            return fail(errno.EFAULT)
+        size = min(struct.unpack("<I", size_raw)[0], 4096)
+        r = self._sock_call(stop, "getsockopt", value(stop.arg(1)), value(stop.arg(2)),
+                            buffer_out(size), data_inout(size_raw))
+        if r.value == 0:
+            got = struct.unpack("<I", r.outputs[1])[0]
+            if not (stop.put(stop.arg(3), r.outputs[0][:min(size, got)])
+                    and stop.put(stop.arg(4), r.outputs[1])):
+                return fail(errno.EFAULT)
+        return answer(r.value if r.value is not None else -errno.EIO)
+
+    def sys_shutdown(self, stop: Stop) -> Outcome:
+        if self._socket(stop) is None:
+            return native()
+        return self._result(stop, self._sock_call(stop, "shutdown", value(stop.arg(1))))
+
+    def sys_sendto(self, stop: Stop) -> Outcome:
+        if self._socket(stop) is None:
+            return native()
+        data = self._bytes_at(stop, 1, stop.arg(2))
+        addr = self._bytes_at(stop, 4, stop.arg(5) & 0xFFFFFFFF)
+        if data is None or addr is None:
+            return fail(errno.EFAULT)
+        length = len(data.data) if data.kind == "input" else 0
+        return self._result(stop, self._sock_call(stop, "sendto", data, value(length),
+                                                  value(stop.arg(3)), addr,
+                                                  value(stop.arg(5) if addr.kind == "input"
+                                                        else 0)))
+
+    def sys_write(self, stop: Stop) -> Outcome:
+        if self._socket(stop) is None:
+            return native()  # a guest file's placeholder takes it; written back later
+        data = self._bytes_at(stop, 1, stop.arg(2))
+        if data is None:
+            return fail(errno.EFAULT)
+        return self._result(stop, self._sock_call(stop, "sendto", data, value(stop.arg(2)),
+                                                  value(0), value(0), value(0)))
+
+    def sys_writev(self, stop: Stop) -> Outcome:
+        if self._socket(stop) is None:
+            return native()
+        data = self._gather(stop, stop.arg(1), stop.arg(2))
+        if data is None:
+            return fail(errno.EFAULT)
+        return self._result(stop, self._sock_call(stop, "sendto", data_in(data),
+                                                  value(len(data)), value(0), value(0),
+                                                  value(0)))
+
+    def sys_sendmsg(self, stop: Stop) -> Outcome:
+        """The message's pieces, gathered into one sendto (control data is not carried)."""
+        if self._socket(stop) is None:
+            return native()
+        msg = stop.read(stop.arg(1), 56)
+        if msg is None:
+            return fail(errno.EFAULT)
+        name, namelen, iov, iovlen = struct.unpack_from("<QI4xQQ", msg)
+        data = self._gather(stop, iov, iovlen)
+        if data is None:
+            return fail(errno.EFAULT)
+        addr = value(0)
+        if name and namelen:
+            raw = stop.read(name, min(namelen, 128))
+            if raw is None:
+                return fail(errno.EFAULT)
+            addr = data_in(raw)
+        return self._result(stop, self._sock_call(
+            stop, "sendto", data_in(data), value(len(data)), value(stop.arg(2)), addr,
+            value(len(addr.data) if addr.kind == "input" else 0)))
+
+    def _iovecs(self, stop: Stop, iov: int, count: int) -> list[tuple[int, int]] | None:
+        raw = stop.read(iov, 16 * min(count, MAX_IOV)) if count else b""
+        if raw is None:
+            return None
+        return [struct.unpack_from("<QQ", raw, 16 * i) for i in range(len(raw) // 16)]
+
+    def _gather(self, stop: Stop, iov: int, count: int) -> bytes | None:
+        out = bytearray()
+        for base, length in self._iovecs(stop, iov, count) or []:
+            part = stop.read(base, min(length, MAX_SOCK_DATA - len(out)))
+            if part is None:
+                return None
+            out += part
+        return bytes(out)
+
+    def _recv(self, stop: Stop, size: int, flags: int, want_name: int):
+        """recvfrom in the guest: (result, data, address bytes)."""
+        size = min(size, MAX_SOCK_DATA)
+        name_args = [buffer_out(want_name), data_inout(struct.pack("<I", want_name))] \
+            if want_name else [value(0), value(0)]
+        r = self._sock_call(stop, "recvfrom", buffer_out(size), value(size), value(flags),
+                            *name_args, trim=True)
+        if r.value is None or r.value < 0:
+            return (r.value if r.value is not None else -errno.EIO), b"", b""
+        name = b""
+        if want_name:
+            got = struct.unpack("<I", r.outputs[2])[0]
+            name = r.outputs[1][:min(got, want_name)]
+        return r.value, r.outputs[0], name
+
+    def sys_recvfrom(self, stop: Stop) -> Outcome:
+        if self._socket(stop) is None:
+            return native()
+        want = 0
+        if stop.arg(4) and stop.arg(5):
+            raw = stop.read(stop.arg(5), 4)
+            if raw is None:
+                return fail(errno.EFAULT)
+            want = min(struct.unpack("<I", raw)[0], 128)
+        n, data, name = self._recv(stop, stop.arg(2), stop.sarg(3), want)
+        if n < 0:
+            return answer(n)
+        if not stop.put(stop.arg(1), data[:stop.arg(2)]):
+            return fail(errno.EFAULT)
+        if want and not (stop.put(stop.arg(4), name)
+                         and stop.put(stop.arg(5), struct.pack("<I", len(name)))):
+            return fail(errno.EFAULT)
+        return answer(n)
+
+    def sys_recvmsg(self, stop: Stop) -> Outcome:
+        """One recvfrom into the guest, scattered over the program's iovecs."""
+        if self._socket(stop) is None:
+            return native()
+        msg = stop.read(stop.arg(1), 56)
+        if msg is None:
+            return fail(errno.EFAULT)
+        name, namelen, iov, iovlen = struct.unpack_from("<QI4xQQ", msg)
+        vecs = self._iovecs(stop, iov, iovlen)
+        if vecs is None:
+            return fail(errno.EFAULT)
+        total = sum(length for _, length in vecs)
+        n, data, addr = self._recv(stop, total, stop.sarg(2),
+                                   min(namelen, 128) if name else 0)
+        if n < 0:
+            return answer(n)
+        pos = 0
+        for base, length in vecs:
+            part = data[pos:pos + length]
+            if part and not stop.put(base, part):
+                return fail(errno.EFAULT)
+            pos += len(part)
+        flags = MSG_TRUNC if n > total else 0
+        if name and not stop.put(name, addr):
+            return fail(errno.EFAULT)
+        # msg_namelen, msg_controllen = 0, msg_flags
+        if not (stop.put(stop.arg(1) + 8, struct.pack("<I", len(addr) if name else 0))
+                and stop.put(stop.arg(1) + 40, struct.pack("<Q", 0))
+                and stop.put(stop.arg(1) + 48, struct.pack("<I", flags))):
+            return fail(errno.EFAULT)
+        return answer(n)
+
+    def close_sockets(self) -> None:
+        """The guest sockets the program left open (the helper must not keep them)."""
+        if self.sockets:
+            self.fs.run([GuestCall("close", [value(s)]) for s in sorted(self.sockets)])
+            self.sockets.clear()
 
     def sys_socketpair(self, stop: Stop) -> Outcome:
         return native()

@@ -95,6 +95,8 @@ class Tracer:
                 f.flush(self.calls.fs)
             f.close()
         self.calls.files.clear()
+        with contextlib.suppress(Exception):
+            self.calls.close_sockets()
 
     # -- processes --------------------------------------------------------------------------
     def _adopt(self, tid: int, parent: int | None) -> Proc:

@@ -12,13 +12,13 @@ from cloudvmi.write import batch as batch_mod
 from cloudvmi.write.errors import InjectionError
 from cloudvmi.write.session import DATA_LARGE, TABLE_PAGES, GuestSession
 
-VALUE, INPUT, OUTPUT, RESULT = "value", "input", "output", "result"
+VALUE, INPUT, OUTPUT, RESULT, INOUT = "value", "input", "output", "result", "inout"
 MAX_CALLS = TABLE_PAGES * 4096 // batch_mod.ENTRY.size
 
 
 @dataclass
 class Arg:
-    kind: str = VALUE  # value | input | output | result
+    kind: str = VALUE  # value | input | output | result | inout (an input read back)
     value: int = 0  # the value; an output's size; the index of an earlier call
     data: bytes = b""  # an input's bytes
 
@@ -28,7 +28,7 @@ class GuestCall:
     name: str
     args: list[Arg] = field(default_factory=list)
     stop_on_error: bool = False  # the calls after it do not run if it fails
-    trim: bool = False  # outputs are cut to the result (read, getdents64, readlinkat)
+    trim: bool = False  # the first output is cut to the result (read, getdents64, ...)
 
 
 @dataclass
@@ -53,10 +53,16 @@ def result_of(index: int) -> Arg:
     return Arg(RESULT, index)
 
 
+def data_inout(raw: bytes) -> Arg:
+    """Bytes the call reads and changes (a socklen_t, a struct ifreq); read back as an
+    output."""
+    return Arg(INOUT, 0, raw)
+
+
 def cost(calls: list[GuestCall]) -> int:
     """Scratch bytes a list needs (each buffer rounded as the session allocates it)."""
-    return sum((len(a.data) if a.kind == INPUT else a.value if a.kind == OUTPUT else 0) + 16
-               for c in calls for a in c.args)
+    return sum((len(a.data) if a.kind in (INPUT, INOUT) else a.value if a.kind == OUTPUT
+                else 0) + 16 for c in calls for a in c.args)
 
 
 class SyscallChannel:
@@ -96,7 +102,7 @@ class SyscallChannel:
         placed: dict[tuple[int, int], int] = {}
         for i, call in enumerate(calls):
             for j, a in enumerate(call.args):
-                if a.kind == INPUT:
+                if a.kind in (INPUT, INOUT):
                     placed[i, j] = address = s.alloc(len(a.data))
                     blob += bytes(address - s.data - len(blob)) + a.data
         if blob:
@@ -108,6 +114,9 @@ class SyscallChannel:
                 if a.kind == VALUE:
                     args.append(a.value)
                 elif a.kind == INPUT:
+                    args.append(placed[i, j])
+                elif a.kind == INOUT:
+                    outs.append((placed[i, j], len(a.data)))
                     args.append(placed[i, j])
                 elif a.kind == OUTPUT:
                     address = s.alloc(a.value)
@@ -127,10 +136,10 @@ class SyscallChannel:
         """Read the used output bytes back in as few reads as possible."""
         wanted: list[tuple[int, int]] = []
         for call, value, outs in zip(calls, raw, outputs, strict=True):
-            for address, size in outs:
+            for n, (address, size) in enumerate(outs):
                 if value is None or _signed(value) < 0:
                     size = 0
-                elif call.trim:
+                elif call.trim and n == 0:  # the data buffer, not a length beside it
                     size = min(size, _signed(value))
                 wanted.append((address, size))
         data = self._read_ranges([w for w in wanted if w[1]])
