@@ -38,6 +38,11 @@ class VMInterface(Protocol):
 
     def resume(self) -> None: ...
 
+    def exec(self, argv: list[str], stdin: bytes | None = b"", timeout: float = 60.0,
+             cwd: str = "/", capture: bool = True) -> Any:
+        """Run an unmodified host program whose system calls on guest state are made in
+        this guest; its (status, stdout, stderr)."""
+
     def snapshot(self) -> contextlib.AbstractContextManager[None]:
         """Hold the guest still for a consistent read; a VM paused by others stays paused."""
 
@@ -58,7 +63,7 @@ def held_still(vm: VMInterface) -> Iterator[None]:
 
 
 MEMBERS = ("name", "live", "linux", "guest", "read_physical", "read_virtual", "write_physical",
-           "write_virtual", "running", "pause", "resume", "snapshot", "close")
+           "write_virtual", "running", "pause", "resume", "exec", "snapshot", "close")
 
 
 def missing_members(vm: object) -> list[str]:

@@ -8,6 +8,7 @@ hash-chained audit log. Bulk data streams in chunks; request sizes and concurren
 import json
 import signal
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -22,8 +23,12 @@ from cloudvmi.remote.config import AgentConfig
 from cloudvmi.remote.proto import cloudvmi_pb2 as pb
 from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
 from cloudvmi.remote.registry import Registry, UnknownVM
+from cloudvmi.write.channel import GuestCall
 from cloudvmi.write.errors import GuestOSError
 
+EXEC = "guest.exec"  # the channel of a redirected program (operate permission)
+EXEC_SECONDS = 3600.0  # the longest a program may hold a guest thread through the agent
+EXEC_IDLE = 60.0  # ... and the longest between two of its messages
 CHUNK = 4 << 20  # per streamed message: fewer, larger messages stream faster
 MAX_PAYLOAD = 256 << 20  # the blobs of one call's arguments (a file written)
 INSECURE_IDENTITY = "insecure-loopback"
@@ -126,6 +131,56 @@ class AgentService(rpc.AgentServicer):
     def InvokeOne(self, request, context):
         return self.Invoke(iter((request,)), context)
 
+    def Channel(self, request_iterator, context):
+        """A redirected program's guest calls: authorized and recorded before the guest is
+        touched; bounded in time, in idleness and per message; released when the stream
+        ends for any reason (the client finished, died, or was cut off)."""
+        first = next(request_iterator, None)
+        if first is None or first.capability != EXEC:
+            _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
+                   f"a channel starts with capability {EXEC!r}")
+        argv = _exec_argv(context, first.args_json)
+        summary = {"argv": argv, "as_pid": first.as_pid}
+        who = self._authorize(context, first.vm, "operate", "exec", summary)
+        self.audit.record(who, first.vm, "exec", summary, "started", "")  # fails closed
+        idle = threading.Timer(EXEC_IDLE, context.cancel)
+        counts = {"runs": 0, "calls": 0}
+        outcome = ("error", "stream ended early")
+        try:
+            with self.registry.lock(first.vm):
+                vm = self.registry.vm(first.vm)
+                ops = vm.guest.as_process(first.as_pid) if first.as_pid else vm.guest
+                with ops.channel() as channel:
+                    yield pb.Reply(json=json.dumps({
+                        "helper_pid": channel.helper_pid(), "max_calls": channel.max_calls,
+                        "max_bytes": channel.max_bytes}))
+                    idle.start()
+                    deadline = time.monotonic() + EXEC_SECONDS
+                    for message in request_iterator:
+                        idle.cancel()
+                        if time.monotonic() > deadline:
+                            raise CloudVMIError(f"exec ran over {EXEC_SECONDS} s")
+                        calls = _exec_calls(message, channel.max_bytes)
+                        results = channel.run(calls)
+                        counts["runs"] += 1
+                        counts["calls"] += len(calls)
+                        text, blobs = codec.encode(results)
+                        yield pb.Reply(json=text, data=b"".join(blobs))
+                        idle = threading.Timer(EXEC_IDLE, context.cancel)
+                        idle.start()
+            outcome = ("ok", "")
+        except UnknownVM as exc:
+            outcome = ("error", str(exc))
+            _error(context, grpc.StatusCode.NOT_FOUND, "UnknownVM", str(exc))
+        except (CloudVMIError, ValueError, TypeError, OSError) as exc:
+            outcome = ("error", str(exc))
+            if isinstance(exc, OSError | QMPError | GDBStubError):
+                self.registry.drop(first.vm)
+            _error(context, grpc.StatusCode.FAILED_PRECONDITION, type(exc).__name__, str(exc))
+        finally:
+            idle.cancel()
+            self.audit.record(who, first.vm, "exec", {**summary, **counts}, *outcome)
+
     def _payload(self, context, first, rest, expected: int) -> bytes:
         if expected > MAX_PAYLOAD:
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
@@ -141,6 +196,31 @@ class AgentService(rpc.AgentServicer):
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
                    f"payload of {size} bytes where {expected} were announced")
         return b"".join(parts)
+
+
+def _exec_argv(context, text: str) -> list[str]:
+    try:
+        argv = json.loads(text or "{}").get("argv")
+    except (ValueError, AttributeError):
+        argv = None
+    if not isinstance(argv, list) or not argv or len(argv) > 4096 \
+            or not all(isinstance(a, str) and len(a) <= 65536 for a in argv):
+        _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
+               "exec needs argv: a list of strings")
+    return argv
+
+
+def _exec_calls(message, max_bytes: int) -> list[GuestCall]:
+    """One message's calls, checked before the guest sees them (the channel checks the
+    names, argument kinds and buffer sizes again as it lays them out)."""
+    expected = sum(codec.blob_sizes(message.args_json or "[]"))
+    if expected > 2 * max_bytes or len(message.data) != expected:
+        raise ValueError(f"{len(message.data)} bytes of call data where {expected} were "
+                         "announced (or over the limit)")
+    calls = codec.decode(message.args_json or "[]", message.data, list[GuestCall])
+    if not isinstance(calls, list) or not all(isinstance(c, GuestCall) for c in calls):
+        raise ValueError("a list of calls was expected")
+    return calls
 
 
 def _dispatch(vm, cap: capability.Capability, args: dict, as_pid: int):

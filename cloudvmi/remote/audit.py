@@ -34,7 +34,7 @@ from typing import Any
 from cloudvmi.errors import CloudVMIError
 
 GENESIS = "0" * 64
-RESULTS = ("ok", "denied", "error")
+RESULTS = ("ok", "denied", "error", "started")  # started: recorded before acting
 FIELDS = frozenset({"seq", "time", "who", "vm", "op", "args_sha256", "result", "detail",
                     "prev", "hash"})
 _STR_FIELDS = ("time", "who", "vm", "op", "args_sha256", "result", "detail", "prev", "hash")

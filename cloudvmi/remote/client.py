@@ -3,6 +3,7 @@
 
 import contextlib
 import json
+import queue
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,11 @@ import grpc
 from cloudvmi.capability import Capability, Facade
 from cloudvmi.errors import CloudVMIError
 from cloudvmi.interface import held_still
+from cloudvmi.redirect.program import Completed, run_program
 from cloudvmi.remote import codec
 from cloudvmi.remote.proto import cloudvmi_pb2 as pb
 from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
+from cloudvmi.write.channel import CallResult, GuestCall
 from cloudvmi.write.errors import GuestOSError
 
 CHUNK = 1 << 20  # payload bytes per streamed message
@@ -117,8 +120,59 @@ class Node:
     def vm(self, name: str) -> "RemoteVM":
         return RemoteVM(self, name)
 
+    def syscall_channel(self, vm: str, argv: list[str], as_pid: int = 0) -> "RemoteChannel":
+        return RemoteChannel(self, vm, argv, as_pid)
+
     def close(self) -> None:
         self.channel.close()
+
+
+class RemoteChannel:
+    """A syscall channel through the agent (its Channel RPC): the same `run(calls)` as a
+    local one; the agent holds the guest thread until the stream ends."""
+
+    def __init__(self, node: Node, vm: str, argv: list[str], as_pid: int = 0) -> None:
+        self.node = node
+        self.first = pb.Call(vm=vm, capability="guest.exec",
+                             args_json=json.dumps({"argv": argv}), as_pid=as_pid)
+        self.resumes = 0
+        self._queue: queue.Queue = queue.Queue()
+        self._replies = None
+
+    def __enter__(self) -> "RemoteChannel":
+        self._queue.put(self.first)
+        try:
+            self._replies = self.node.stub.Channel(iter(self._queue.get, None))
+            limits = json.loads(next(self._replies).json)
+        except grpc.RpcError as exc:
+            self._queue.put(None)
+            _raise(exc, self.node.name)
+        self._helper = int(limits["helper_pid"])
+        self.max_calls = int(limits["max_calls"])
+        self.max_bytes = int(limits["max_bytes"])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(None)  # ends the stream: the agent releases the guest thread
+        with contextlib.suppress(grpc.RpcError, StopIteration):
+            for _ in self._replies:
+                pass
+
+    def helper_pid(self) -> int:
+        return self._helper
+
+    def run(self, calls: list[GuestCall]) -> list[CallResult]:
+        text, blobs = codec.encode(calls)
+        self._queue.put(pb.Call(args_json=text, data=b"".join(blobs)))
+        try:
+            reply = next(self._replies)
+        except grpc.RpcError as exc:
+            _raise(exc, self.node.name)
+        except StopIteration:
+            raise RemoteError(f"{self.node.name}: the agent ended the channel", "Unavailable",
+                              grpc.StatusCode.UNAVAILABLE) from None
+        self.resumes += 1
+        return codec.decode(reply.json, reply.data, list[CallResult])
 
 
 class RemoteLinux(Facade):
@@ -180,6 +234,12 @@ class RemoteVM(Facade):
 
     def snapshot(self) -> contextlib.AbstractContextManager[None]:
         return held_still(self)
+
+    def exec(self, argv: list[str], stdin: bytes | None = b"", timeout: float = 60.0,
+             cwd: str = "/", capture: bool = True) -> Completed:
+        """Run a host program here with its guest calls made by the agent's node."""
+        with self.node.syscall_channel(self.name, argv, self.guest.pid) as channel:
+            return run_program(channel, argv, stdin, capture, timeout, cwd)
 
     def close(self) -> None:
         if self.owns_node:

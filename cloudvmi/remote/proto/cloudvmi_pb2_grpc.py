@@ -49,6 +49,11 @@ class AgentStub:
                 request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
                 response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
                 _registered_method=True)
+        self.Channel = channel.stream_stream(
+                '/cloudvmi.v1.Agent/Channel',
+                request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
+                response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -74,6 +79,17 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Channel(self, request_iterator, context):
+        """A redirected program's guest system calls (`cloudvmi exec VM@NODE`), with the operate
+        permission: the first message names the VM, capability "guest.exec" and the program
+        (args_json {"argv": [...]}) and is answered with the channel's limits; then each
+        message is a list of calls (args_json, their input bytes in data) answered with their
+        results, while one guest thread stays hijacked. Ending the stream releases it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +105,11 @@ def add_AgentServicer_to_server(servicer, server):
             ),
             'InvokeOne': grpc.unary_stream_rpc_method_handler(
                     servicer.InvokeOne,
+                    request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.FromString,
+                    response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.SerializeToString,
+            ),
+            'Channel': grpc.stream_stream_rpc_method_handler(
+                    servicer.Channel,
                     request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.FromString,
                     response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.SerializeToString,
             ),
@@ -172,6 +193,33 @@ class Agent:
             request,
             target,
             '/cloudvmi.v1.Agent/InvokeOne',
+            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
+            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Channel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cloudvmi.v1.Agent/Channel',
             cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
             cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
             options,
