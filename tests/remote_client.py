@@ -60,6 +60,10 @@ def step(s: dict):
             ops = vm.guest.as_process(s["as_pid"]) if s.get("as_pid") else vm.guest
             status, output = ops.run(s["argv"], timeout=s.get("timeout", 30))
             return [status, output.decode(errors="replace")]
+        if do == "exec":
+            r = vm.exec(s["argv"], timeout=s.get("timeout", 60))
+            return [r.status, r.stdout.decode(errors="replace"),
+                    r.stderr.decode(errors="replace"), r.resumes]
         if do == "concurrent_ps":
             return concurrent(s)
         raise ValueError(f"unknown step {do}")

@@ -61,6 +61,35 @@ def test_remote_writable_operation(fleet):
     assert md5 == hashlib.md5(data).hexdigest()
 
 
+def _console(g, command: str) -> str:
+    return g.console.check(command).replace("\r\n", "\n")
+
+
+def test_exec_through_an_agent_runs_host_programs_against_the_guest(fleet):
+    """`vm.exec` of a remote VM: the program runs in the client's namespace, its guest calls
+    on the node's agent; each run is audited, before and after; read-only identities are
+    refused."""
+    g = fleet.guests[0]
+    uname, ip, change, denied = fleet.client(
+        "ops", {"do": "exec", "vm": "web1@node1", "argv": ["busybox", "uname", "-a"]},
+        {"do": "exec", "vm": "web1@node1", "argv": ["busybox", "ip", "addr"]},
+        {"do": "exec", "vm": "web1@node1", "argv": [
+            "busybox", "sh", "-c", "echo from-afar > /tmp/exec-remote && cat /tmp/exec-remote"]},
+        {"do": "exec", "vm": "web1@node9", "argv": ["true"]})
+    assert uname["ok"][:2] == [0, _console(g, "busybox uname -a")]
+    assert ip["ok"][:2] == [0, _console(g, "busybox ip addr")]
+    assert change["ok"][:2] == [0, "from-afar\n"]
+    assert _console(g, "cat /tmp/exec-remote") == "from-afar\n"
+    assert "error" in denied
+    (refused,) = fleet.client("auditor", {"do": "exec", "vm": "web1@node1", "argv": ["true"]})
+    assert refused["error"] == "denied"
+    records = [json.loads(line) for line in
+               (fleet.root / "node1" / "audit.jsonl").read_text().splitlines()]
+    execs = [r for r in records if r["op"] == "exec"]
+    assert [r["result"] for r in execs[-7:]] == ["started", "ok"] * 3 + ["denied"]
+    assert verify(fleet.root / "node1" / "audit.jsonl").ok
+
+
 def test_denials_are_refused_and_logged(fleet):
     (rogue,) = fleet.client("rogue", {"do": "ps", "vm": "web1@node1"})
     assert "error" in rogue and "unreachable" in rogue["message"]  # TLS handshake refused
