@@ -39,9 +39,10 @@ class VMInterface(Protocol):
     def resume(self) -> None: ...
 
     def exec(self, argv: list[str], stdin: bytes | None = b"", timeout: float = 60.0,
-             cwd: str = "/", capture: bool = True) -> Any:
+             cwd: str = "/", capture: bool = True, channel: str = "stop") -> Any:
         """Run an unmodified host program whose system calls on guest state are made in
-        this guest; its (status, stdout, stderr)."""
+        this guest (CHANNEL: "stop", the VM stopped per list of calls, or "persistent", a
+        guest helper kept until close()); its (status, stdout, stderr)."""
 
     def snapshot(self) -> contextlib.AbstractContextManager[None]:
         """Hold the guest still for a consistent read; a VM paused by others stays paused."""

@@ -98,11 +98,12 @@ class VM:
         return self._guest
 
     def exec(self, argv: list[str], stdin: bytes | None = b"", timeout: float = 60.0,
-             cwd: str = "/", capture: bool = True) -> Completed:
+             cwd: str = "/", capture: bool = True, channel: str = "stop") -> Completed:
         """Run an unmodified host program against this guest: its system calls on guest
-        state run inside the guest. `status, out, err = vm.exec(["ls", "-l", "/etc"])`."""
-        with self.guest.channel() as channel:
-            return run_program(channel, argv, stdin, capture, timeout, cwd)
+        state run inside the guest. `status, out, err = vm.exec(["ls", "-l", "/etc"])`.
+        CHANNEL "persistent" runs them through a guest helper kept until close()."""
+        with self.guest.channel(channel) as ch:
+            return run_program(ch, argv, stdin, capture, timeout, cwd)
 
     def recover_pending(self) -> bool:
         """If an earlier process died while it held a thread of this VM hijacked, put the
@@ -219,12 +220,18 @@ class VM:
                              arch=k.arch.name, regions=self.memory_regions())
 
     def close(self) -> None:
-        if self._gdb is not None:
-            self._gdb.close()
-            self._gdb = None
-        if self.qmp:
-            self.qmp.close()
-        self.phys.close()
+        """Detach: persistent-channel helpers stop, the debugger and QMP let go."""
+        try:
+            if self._guest is not None:
+                self._guest.close()
+        finally:
+            self._guest = None
+            if self._gdb is not None:
+                self._gdb.close()
+                self._gdb = None
+            if self.qmp:
+                self.qmp.close()
+            self.phys.close()
 
     def __enter__(self) -> "VM":
         return self

@@ -61,7 +61,8 @@ def step(s: dict):
             status, output = ops.run(s["argv"], timeout=s.get("timeout", 30))
             return [status, output.decode(errors="replace")]
         if do == "exec":
-            r = vm.exec(s["argv"], timeout=s.get("timeout", 60))
+            r = vm.exec(s["argv"], timeout=s.get("timeout", 60),
+                        channel=s.get("channel", "stop"))
             return [r.status, r.stdout.decode(errors="replace"),
                     r.stderr.decode(errors="replace"), r.resumes]
         if do == "concurrent_ps":

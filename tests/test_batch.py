@@ -8,24 +8,43 @@ from importlib import resources
 import pytest
 
 from cloudvmi.arch.x86_64 import batch as x86_batch
-from cloudvmi.write import batch
+from cloudvmi.arch.x86_64 import helper as x86_helper
+from cloudvmi.write import batch, persistent, session
 from cloudvmi.write.errors import errno_of
 
 
-@pytest.mark.skipif(shutil.which("as") is None, reason="binutils not installed")
-def test_code_is_the_assembled_source(tmp_path):
-    source = resources.files("cloudvmi.arch.x86_64") / "batch.S"
+def _assemble(tmp_path, name: str) -> tuple[bytes, dict[str, int]]:
+    source = resources.files("cloudvmi.arch.x86_64") / name
     (tmp_path / "b.S").write_bytes(source.read_bytes())
     subprocess.run(["as", "--64", "-o", str(tmp_path / "b.o"), str(tmp_path / "b.S")],
                    check=True)
     subprocess.run(["objcopy", "-O", "binary", "-j", ".text", str(tmp_path / "b.o"),
                     str(tmp_path / "b.bin")], check=True)
-    assert (tmp_path / "b.bin").read_bytes() == x86_batch.CODE
     symbols = subprocess.run(["nm", str(tmp_path / "b.o")], capture_output=True, text=True,
                              check=True).stdout
-    done = next(int(line.split()[0], 16) for line in symbols.splitlines()
-                if line.endswith(" done"))
+    return (tmp_path / "b.bin").read_bytes(), {
+        line.split()[2]: int(line.split()[0], 16) for line in symbols.splitlines()
+        if len(line.split()) == 3}
+
+
+@pytest.mark.skipif(shutil.which("as") is None, reason="binutils not installed")
+def test_code_is_the_assembled_source(tmp_path):
+    code, symbols = _assemble(tmp_path, "batch.S")
+    assert code == x86_batch.CODE
+    done = symbols["done"]
     assert done == x86_batch.DONE and x86_batch.CODE[done:done + 2] == b"\xeb\xfe"  # jmp done
+
+
+@pytest.mark.skipif(shutil.which("as") is None, reason="binutils not installed")
+def test_helper_is_the_assembled_source_and_matches_the_mailbox_layout(tmp_path):
+    code, symbols = _assemble(tmp_path, "helper.S")
+    assert code == x86_helper.CODE
+    parked = symbols["parked"]
+    assert parked == x86_helper.PARKED and code[parked:parked + 2] == b"\xeb\xfe"
+    assert len(code) + persistent.CODE_OFFSET <= session.STUB_OFFSET
+    for name in ("SEQ", "DONE", "FIRST", "HEARTBEAT", "COMMAND", "PID", "STATE", "LEASE",
+                 "SPIN", "SIZE", "TICK", "MASK", "NAME", "CHILD", "ROOT"):
+        assert symbols[name] == getattr(persistent, name), name  # .equ values are absolute
 
 
 def test_table_encoding_with_result_references():

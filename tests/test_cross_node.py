@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudvmi.remote.audit import verify
+from cloudvmi.remote.audit import args_digest, verify
 
 import oracle
 from fleet import Fleet
@@ -70,23 +70,35 @@ def test_exec_through_an_agent_runs_host_programs_against_the_guest(fleet):
     on the node's agent; each run is audited, before and after; read-only identities are
     refused."""
     g = fleet.guests[0]
-    uname, ip, change, denied = fleet.client(
+    uname, ip, change, denied, kept, kept_again = fleet.client(
         "ops", {"do": "exec", "vm": "web1@node1", "argv": ["busybox", "uname", "-a"]},
         {"do": "exec", "vm": "web1@node1", "argv": ["busybox", "ip", "addr"]},
         {"do": "exec", "vm": "web1@node1", "argv": [
             "busybox", "sh", "-c", "echo from-afar > /tmp/exec-remote && cat /tmp/exec-remote"]},
-        {"do": "exec", "vm": "web1@node9", "argv": ["true"]})
+        {"do": "exec", "vm": "web1@node9", "argv": ["true"]},
+        {"do": "exec", "vm": "web1@node1", "channel": "persistent",
+         "argv": ["busybox", "hostname"]},
+        {"do": "exec", "vm": "web1@node1", "channel": "persistent", "argv": [
+            "busybox", "sh", "-c", "echo kept > /tmp/exec-kept && cat /tmp/exec-kept"]})
     assert uname["ok"][:2] == [0, _console(g, "busybox uname -a")]
     assert ip["ok"][:2] == [0, _console(g, "busybox ip addr")]
     assert change["ok"][:2] == [0, "from-afar\n"]
     assert _console(g, "cat /tmp/exec-remote") == "from-afar\n"
+    # through a helper the agent keeps in the guest: one helper for both runs
+    assert kept["ok"][:2] == [0, _console(g, "busybox hostname")]
+    assert kept_again["ok"][:2] == [0, "kept\n"]
+    helpers = _console(g, "grep -l cloudvmi-helper /proc/[0-9]*/comm | wc -l")
+    assert helpers.strip() == "1"
+    assert _console(g, "cat /tmp/exec-kept") == "kept\n"
     assert "error" in denied
     (refused,) = fleet.client("auditor", {"do": "exec", "vm": "web1@node1", "argv": ["true"]})
     assert refused["error"] == "denied"
     records = [json.loads(line) for line in
                (fleet.root / "node1" / "audit.jsonl").read_text().splitlines()]
     execs = [r for r in records if r["op"] == "exec"]
-    assert [r["result"] for r in execs[-7:]] == ["started", "ok"] * 3 + ["denied"]
+    assert [r["result"] for r in execs[-11:]] == ["started", "ok"] * 5 + ["denied"]
+    assert execs[-5]["args_sha256"] == args_digest(
+        {"argv": ["busybox", "hostname"], "as_pid": 0, "channel": "persistent"})
     assert verify(fleet.root / "node1" / "audit.jsonl").ok
 
 

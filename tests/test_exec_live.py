@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from cloudvmi.errors import CloudVMIError
 from cloudvmi.lab import guest as lab
 from cloudvmi.vm import attach
+from cloudvmi.write import persistent
+from cloudvmi.write.channel import GuestCall
+from cloudvmi.write.persistent import HelperSettings
 
 import oracle
 
@@ -180,3 +184,76 @@ def _ppid(p: Path) -> int:
         return int(re.search(r"^PPid:\s+(\d+)", (p / "status").read_text(), re.M)[1])
     except (OSError, TypeError):
         return -1
+
+
+def _gone(g, pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if g.console.run(f"test -d /proc/{pid}")[0] != 0:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_persistent_channel_answers_alike_and_its_helper_goes_on_detach(live):
+    g, vm = live
+    run = {"channel": "persistent", "timeout": 120}
+    for command in ("busybox uname -a", "busybox id", "busybox ls -la /etc /root /srv/t",
+                    "busybox find / -xdev | busybox sort | busybox md5sum",
+                    "busybox ip addr", "busybox netstat -tln"):
+        r = vm.exec(["busybox", "sh", "-c", command], **run)
+        assert (r.status, r.stdout.decode()) == (0, theirs(g, command)), command
+    helper = vm.guest.channel("persistent").helper
+    assert helper.usable
+    comm = theirs(g, f"cat /proc/{helper.pid}/comm; awk '/^PPid/ {{print $2}}' "
+                     f"/proc/{helper.pid}/status")
+    assert comm == "cloudvmi-helper\n1\n"  # named for what it is, adopted by init
+    command = "busybox ps -o pid,ppid,user,comm,args | busybox cat"
+    ours = _ps(vm.exec(["busybox", "sh", "-c", command], **run).stdout.decode())
+    own = _ps(theirs(g, command))
+    assert ours[helper.pid] == own[helper.pid]
+    stable = [p for p in own if p in ours and not own[p][3].startswith("kworker")
+              and own[p][3] not in ("ps", "busybox", "sh")]
+    assert len(stable) > 20 and all(ours[p] == own[p] for p in stable)
+    for argv, most in ((["busybox", "ls", "-l", "/etc"], 4), (["busybox", "ps", "aux"], 5)):
+        vm.exec(argv, **run)  # the first run teaches the start-up requests
+        assert vm.exec(argv, **run).resumes <= most, argv
+    mine(vm, ["busybox", "sh", "-c", "echo persisted > /root/p && mv /root/p /root/q"])
+    assert theirs(g, "cat /root/q") == "persisted\n"
+    pid = helper.pid
+    assert vm.guest.close() == ["exited"]
+    assert _gone(g, pid, 10)
+    assert mine(vm, ["busybox", "cat", "/root/q"]) == "persisted\n"  # the default path
+
+
+def test_a_helper_whose_host_went_away_exits_by_itself(live):
+    g, vm = live
+    with vm.guest.channel("persistent", HelperSettings(lease=2.0)) as channel:
+        assert channel.run([GuestCall("getpid")])[0].value == channel.helper_pid()
+    helper = channel.helper
+    helper._quit.set()  # what a killed host leaves behind: no heartbeat, no goodbye
+    helper._beat.join()
+    assert _gone(g, helper.pid, 60)
+    assert vm.guest.close() == ["exited"]
+
+
+def test_a_helper_tampered_with_or_killed_by_guest_root_is_refused(live):
+    g, vm = live
+    run = {"channel": "persistent", "timeout": 60}
+    assert mine(vm, ["busybox", "hostname"]) == vm.exec(["busybox", "hostname"], **run) \
+        .stdout.decode()
+    helper = vm.guest.channel("persistent").helper
+    nonce = helper.base + persistent.NONCE  # a guest root rewrites the mailbox
+    g.console.check(f"printf XXXXXXXX | dd of=/proc/{helper.pid}/mem bs=1 seek={nonce} "
+                    "conv=notrunc 2>/dev/null")
+    with pytest.raises(CloudVMIError, match="mailbox was overwritten"):
+        vm.exec(["busybox", "hostname"], **run)
+    assert vm.exec(["busybox", "hostname"], **run).status == 0  # a new helper
+    assert _gone(g, helper.pid, 10)  # the tampered one was killed
+    again = vm.guest.channel("persistent").helper
+    assert again.pid != helper.pid
+    g.console.check(f"kill -9 {again.pid}")
+    with pytest.raises(CloudVMIError, match="exited"):
+        vm.exec(["busybox", "hostname"], **run)
+    assert vm.exec(["busybox", "id", "-u"], **run).stdout == b"0\n"
+    assert len(vm.guest.close()) == 1

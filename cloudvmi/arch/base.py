@@ -74,6 +74,9 @@ class Arch:
     batch_done: int  # offset of the interpreter's final self-loop
     resume_stub: Callable[[dict[str, int]], tuple[bytes, int]]  # (code, entry) that restores
     # what the kernel overwrites on a system call's return, then jumps to the saved PC
+    helper_code: bytes  # the persistent channel's helper (entered with its mailbox address)
+    helper_parked: int  # offset where the hijacked thread parks once the helper is forked
+    helper_register: str  # the register that carries the mailbox address
     capstone: tuple[str, str]  # capstone's architecture and mode constants, by name
     address_space: Callable[..., Any]  # AddressSpace(phys, root, levels, cache=None)
     translation_cache: Callable[..., Any]

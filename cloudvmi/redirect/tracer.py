@@ -8,16 +8,15 @@ run's time is up."""
 import contextlib
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
 from cloudvmi.redirect import ptrace, seccomp
+from cloudvmi.redirect.spawner import SPAWNER
 from cloudvmi.redirect.stop import EMULATED, NATIVE, Proc, Stop, fail
 from cloudvmi.redirect.syscalls import Calls
 
-LAUNCHER = Path(__file__).with_name("launch.py")
 _GROUP_STOPS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 
 
@@ -35,23 +34,14 @@ class Tracer:
     def run(self, program: str, argv: list[str], env: dict[str, str], stdio: tuple[int, ...],
             timeout: float, uid: int = -1, gid: int = -1) -> int:
         """Run PROGRAM to its end (or TIMEOUT seconds); its wait status."""
-        rfd, wfd = os.pipe()
-        os.set_inheritable(rfd, True)
-        actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(stdio)]
-        try:
-            pid = os.posix_spawn(sys.executable, [
-                sys.executable, "-S", "-E", str(LAUNCHER), str(rfd), str(uid), str(gid),
-                program, *argv], env, file_actions=actions, setpgroup=0)
-        finally:
-            os.close(rfd)
+        pid, wfd = SPAWNER.spawn(program, argv, env, stdio, uid, gid)
         self.root = pid
         self.calls.pgid = pid
         try:
             ptrace.seize(pid)
         except OSError:
             os.close(wfd)
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            os.kill(pid, signal.SIGKILL)  # the launcher server reaps it
             raise
         self._adopt(pid, None)
         os.write(wfd, seccomp.build())

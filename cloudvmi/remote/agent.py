@@ -25,6 +25,7 @@ from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
 from cloudvmi.remote.registry import Registry, UnknownVM
 from cloudvmi.write.channel import GuestCall
 from cloudvmi.write.errors import GuestOSError
+from cloudvmi.write.operations import CHANNEL_MODES
 
 EXEC = "guest.exec"  # the channel of a redirected program (operate permission)
 EXEC_SECONDS = 3600.0  # the longest a program may hold a guest thread through the agent
@@ -139,8 +140,8 @@ class AgentService(rpc.AgentServicer):
         if first is None or first.capability != EXEC:
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
                    f"a channel starts with capability {EXEC!r}")
-        argv = _exec_argv(context, first.args_json)
-        summary = {"argv": argv, "as_pid": first.as_pid}
+        argv, mode = _exec_request(context, first.args_json)
+        summary = {"argv": argv, "as_pid": first.as_pid, "channel": mode}
         who = self._authorize(context, first.vm, "operate", "exec", summary)
         self.audit.record(who, first.vm, "exec", summary, "started", "")  # fails closed
         idle = threading.Timer(EXEC_IDLE, context.cancel)
@@ -150,7 +151,7 @@ class AgentService(rpc.AgentServicer):
             with self.registry.lock(first.vm):
                 vm = self.registry.vm(first.vm)
                 ops = vm.guest.as_process(first.as_pid) if first.as_pid else vm.guest
-                with ops.channel() as channel:
+                with ops.channel(mode) as channel:
                     yield pb.Reply(json=json.dumps({
                         "helper_pid": channel.helper_pid(), "max_calls": channel.max_calls,
                         "max_bytes": channel.max_bytes}))
@@ -198,16 +199,21 @@ class AgentService(rpc.AgentServicer):
         return b"".join(parts)
 
 
-def _exec_argv(context, text: str) -> list[str]:
+def _exec_request(context, text: str) -> tuple[list[str], str]:
+    """The program's argv (for the audit record) and the channel mode."""
     try:
-        argv = json.loads(text or "{}").get("argv")
+        request = json.loads(text or "{}")
+        argv, mode = request.get("argv"), request.get("channel", "stop")
     except (ValueError, AttributeError):
-        argv = None
+        argv = mode = None
     if not isinstance(argv, list) or not argv or len(argv) > 4096 \
             or not all(isinstance(a, str) and len(a) <= 65536 for a in argv):
         _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
                "exec needs argv: a list of strings")
-    return argv
+    if mode not in CHANNEL_MODES:
+        _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
+               f"channel must be one of {', '.join(CHANNEL_MODES)}")
+    return argv, mode
 
 
 def _exec_calls(message, max_bytes: int) -> list[GuestCall]:

@@ -120,8 +120,9 @@ class Node:
     def vm(self, name: str) -> "RemoteVM":
         return RemoteVM(self, name)
 
-    def syscall_channel(self, vm: str, argv: list[str], as_pid: int = 0) -> "RemoteChannel":
-        return RemoteChannel(self, vm, argv, as_pid)
+    def syscall_channel(self, vm: str, argv: list[str], as_pid: int = 0,
+                        mode: str = "stop") -> "RemoteChannel":
+        return RemoteChannel(self, vm, argv, as_pid, mode)
 
     def close(self) -> None:
         self.channel.close()
@@ -131,10 +132,12 @@ class RemoteChannel:
     """A syscall channel through the agent (its Channel RPC): the same `run(calls)` as a
     local one; the agent holds the guest thread until the stream ends."""
 
-    def __init__(self, node: Node, vm: str, argv: list[str], as_pid: int = 0) -> None:
+    def __init__(self, node: Node, vm: str, argv: list[str], as_pid: int = 0,
+                 mode: str = "stop") -> None:
         self.node = node
         self.first = pb.Call(vm=vm, capability="guest.exec",
-                             args_json=json.dumps({"argv": argv}), as_pid=as_pid)
+                             args_json=json.dumps({"argv": argv, "channel": mode}),
+                             as_pid=as_pid)
         self.resumes = 0
         self._queue: queue.Queue = queue.Queue()
         self._replies = None
@@ -236,10 +239,11 @@ class RemoteVM(Facade):
         return held_still(self)
 
     def exec(self, argv: list[str], stdin: bytes | None = b"", timeout: float = 60.0,
-             cwd: str = "/", capture: bool = True) -> Completed:
-        """Run a host program here with its guest calls made by the agent's node."""
-        with self.node.syscall_channel(self.name, argv, self.guest.pid) as channel:
-            return run_program(channel, argv, stdin, capture, timeout, cwd)
+             cwd: str = "/", capture: bool = True, channel: str = "stop") -> Completed:
+        """Run a host program here with its guest calls made by the agent's node (through
+        a guest helper the agent keeps, with CHANNEL "persistent")."""
+        with self.node.syscall_channel(self.name, argv, self.guest.pid, channel) as ch:
+            return run_program(ch, argv, stdin, capture, timeout, cwd)
 
     def close(self) -> None:
         if self.owns_node:

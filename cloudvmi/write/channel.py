@@ -65,29 +65,31 @@ def cost(calls: list[GuestCall]) -> int:
                 else 0) + 16 for c in calls for a in c.args)
 
 
-class SyscallChannel:
-    """The stop-the-world channel: one hijack held while the channel is open; the guest is
-    stopped between lists and runs while one executes. `with ops.channel() as ch:`."""
+class CallChannel:
+    """What both channels share: lay a list of calls out as a table and a data area, run it
+    (the subclass's transport), read the results and the used output bytes back."""
 
     max_calls = MAX_CALLS
     max_bytes = DATA_LARGE
 
-    def __init__(self, ops, data_size: int = DATA_LARGE) -> None:
-        self.session: GuestSession = ops.session(data_size)
-        self.abi = ops.injector.abi
-        self.max_bytes = data_size
-        self.resumes = 0
-
-    def __enter__(self) -> "SyscallChannel":
-        self.session.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.session.__exit__(*exc)
+    def __init__(self, abi) -> None:
+        self.abi = abi
+        self.resumes = 0  # lists run (each one resume of the guest thread, or one mailbox turn)
 
     def helper_pid(self) -> int:
-        """The guest process whose thread runs the calls (programs must not signal it)."""
-        return self.session.injector.target.tgid
+        """The guest process that runs the calls (programs must not signal it)."""
+        raise NotImplementedError
+
+    def _area(self) -> tuple[int, int]:
+        """Guest addresses of the call table and of the data area."""
+        raise NotImplementedError
+
+    def _execute(self, batch: batch_mod.Batch, blob: bytes) -> list[int | None]:
+        """Put BLOB at the data area and the table in place, run it; each call's raw result."""
+        raise NotImplementedError
+
+    def _read(self, address: int, size: int) -> bytes:
+        raise NotImplementedError
 
     def run(self, calls: list[GuestCall]) -> list[CallResult]:
         if len(calls) > self.max_calls or cost(calls) > self.max_bytes:
@@ -95,18 +97,24 @@ class SyscallChannel:
                                  "do not fit one run")
         if not calls:
             return []
-        s = self.session
-        b = s.batch()
+        table, data = self._area()
+        b = batch_mod.Batch(table)
+        cursor = 0
+
+        def alloc(size: int) -> int:
+            nonlocal cursor
+            address = data + cursor
+            cursor += (size + 15) // 16 * 16
+            return address
+
         # Inputs first, in one write; output buffers after them (never written).
         blob = bytearray()
         placed: dict[tuple[int, int], int] = {}
         for i, call in enumerate(calls):
             for j, a in enumerate(call.args):
                 if a.kind in (INPUT, INOUT):
-                    placed[i, j] = address = s.alloc(len(a.data))
-                    blob += bytes(address - s.data - len(blob)) + a.data
-        if blob:
-            s.injector.write_user(s.data, bytes(blob))
+                    placed[i, j] = address = alloc(len(a.data))
+                    blob += bytes(address - data - len(blob)) + a.data
         outputs: list[list[tuple[int, int]]] = []
         for i, call in enumerate(calls):
             args, outs = [], []
@@ -119,7 +127,7 @@ class SyscallChannel:
                     outs.append((placed[i, j], len(a.data)))
                     args.append(placed[i, j])
                 elif a.kind == OUTPUT:
-                    address = s.alloc(a.value)
+                    address = alloc(a.value)
                     outs.append((address, a.value))
                     args.append(address)
                 elif a.kind == RESULT and 0 <= a.value < len(b.calls):
@@ -128,7 +136,7 @@ class SyscallChannel:
                     raise ValueError(f"bad argument {a.kind}:{a.value} for {call.name}")
             b.add(self.abi.nr(call.name), *args, stop_on_error=call.stop_on_error)
             outputs.append(outs)
-        raw = s.run(b)
+        raw = self._execute(b, bytes(blob))
         self.resumes += 1
         return self._collect(calls, raw, outputs)
 
@@ -137,10 +145,10 @@ class SyscallChannel:
         wanted: list[tuple[int, int]] = []
         for call, value, outs in zip(calls, raw, outputs, strict=True):
             for n, (address, size) in enumerate(outs):
-                if value is None or _signed(value) < 0:
+                if value is None or signed(value) < 0:
                     size = 0
                 elif call.trim and n == 0:  # the data buffer, not a length beside it
-                    size = min(size, _signed(value))
+                    size = min(size, signed(value))
                 wanted.append((address, size))
         data = self._read_ranges([w for w in wanted if w[1]])
         results, k = [], 0
@@ -150,7 +158,7 @@ class SyscallChannel:
                 address, size = wanted[k]
                 k += 1
                 got.append(data.get(address, b"")[:size] if size else b"")
-            results.append(CallResult(None if value is None else _signed(value), got))
+            results.append(CallResult(None if value is None else signed(value), got))
         return results
 
     def _read_ranges(self, ranges: list[tuple[int, int]]) -> dict[int, bytes]:
@@ -162,12 +170,45 @@ class SyscallChannel:
             while j + 1 < len(ranges) and ranges[j + 1][0] - end < 8192:
                 j += 1
                 end = max(end, ranges[j][0] + ranges[j][1])
-            blob = self.session.read(start, end - start)
+            blob = self._read(start, end - start)
             for address, size in ranges[i:j + 1]:
                 out[address] = blob[address - start:address - start + size]
             i = j + 1
         return out
 
 
-def _signed(v: int) -> int:
+class SyscallChannel(CallChannel):
+    """The stop-the-world channel: one hijack held while the channel is open; the guest is
+    stopped between lists and runs while one executes. `with ops.channel() as ch:`."""
+
+    def __init__(self, ops, data_size: int = DATA_LARGE) -> None:
+        super().__init__(ops.injector.abi)
+        self.session: GuestSession = ops.session(data_size)
+        self.max_bytes = data_size
+
+    def __enter__(self) -> "SyscallChannel":
+        self.session.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.session.__exit__(*exc)
+
+    def helper_pid(self) -> int:
+        return self.session.injector.target.tgid
+
+    def _area(self) -> tuple[int, int]:
+        return self.session.table, self.session.data
+
+    def _execute(self, batch: batch_mod.Batch, blob: bytes) -> list[int | None]:
+        s = self.session
+        if blob:
+            s.injector.write_user(s.data, blob)
+        return s.run(batch)
+
+    def _read(self, address: int, size: int) -> bytes:
+        return self.session.read(address, size)
+
+
+def signed(v: int) -> int:
+    """A raw 64-bit result as the signed value the kernel returned (-errno on failure)."""
     return v - (1 << 64) if v >= 1 << 63 else v

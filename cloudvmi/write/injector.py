@@ -358,6 +358,11 @@ class Injector:
         self.stats["syscalls"] += 1
         return out[self.abi.result_register]
 
+    def run_code(self, pc: int, stop_at: int, regs: dict[str, int]) -> dict[str, int]:
+        """Run our code in the hijacked thread from PC with REGS until it parks at STOP_AT;
+        the registers there."""
+        return self._execute(pc, stop_at, regs)
+
     def run_batch(self, code_address: int, batch: batch_mod.Batch) -> None:
         """Run a batch whose table and code are already in the scratch mapping."""
         self._execute(code_address, code_address + self.arch.batch_done,
@@ -366,14 +371,16 @@ class Injector:
         self.stats["syscalls"] += len(batch.calls)
 
     # -- scratch memory ---------------------------------------------------------------------
-    def map_scratch(self, size: int) -> int:
-        """A private, populated, executable mapping in the target (our code and data)."""
+    def map_scratch(self, size: int, shared: bool = False) -> int:
+        """A private, populated, executable mapping in the target (our code and data); with
+        SHARED, a populated read-write shared one, which a child it forks keeps."""
         page = self.arch.page_size
         size = (size + page - 1) // page * page
         abi = self.abi
-        result = self.syscall(abi.nr("mmap"), 0, size,
-                              abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC,
-                              abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_POPULATE, -1, 0)
+        prot = abi.PROT_READ | abi.PROT_WRITE | (0 if shared else abi.PROT_EXEC)
+        kind = abi.MAP_SHARED if shared else abi.MAP_PRIVATE
+        result = self.syscall(abi.nr("mmap"), 0, size, prot,
+                              kind | abi.MAP_ANONYMOUS | abi.MAP_POPULATE, -1, 0)
         if errno_of(result) is not None:
             raise InjectionError(f"mmap of {size} bytes in pid {self.target.tgid} failed: "
                                  f"errno {errno_of(result)}")

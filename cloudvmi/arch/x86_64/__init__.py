@@ -1,7 +1,8 @@
-"""x86-64: 4- and 5-level paging, the Linux x86-64 system-call ABI, the batch interpreter."""
+"""x86-64: 4- and 5-level paging, the Linux x86-64 system-call ABI, the batch interpreter and
+the persistent channel's helper."""
 
 from cloudvmi.arch.base import Arch
-from cloudvmi.arch.x86_64 import abi
+from cloudvmi.arch.x86_64 import abi, helper
 from cloudvmi.arch.x86_64.batch import CODE, DONE, resume_stub
 from cloudvmi.arch.x86_64.paging import PAGE, AddressSpace, Mapping, TranslationCache
 
@@ -31,6 +32,7 @@ ARCH = Arch(
              "eflags": "flags", "rsp": "sp", "cs": "cs", "ss": "ss"},
     tif_sigpending=2, syscall_entry="entry_SYSCALL_64", entry_return_pc="rcx",
     syscall=abi.ABI, batch_code=CODE, batch_done=DONE, resume_stub=resume_stub,
+    helper_code=helper.CODE, helper_parked=helper.PARKED, helper_register="r14",
     capstone=("CS_ARCH_X86", "CS_MODE_64"), address_space=AddressSpace,
     translation_cache=TranslationCache,
 )
