@@ -22,13 +22,16 @@ from report import Report, summary  # noqa: E402
 MS = 1e3
 REPEAT = 5
 # (label, host program, the guest's own command, goal on resumes)
-COMMANDS = [
-    ("ls -l /etc", ["ls", "-l", "/etc"], "busybox ls -l /etc", 4),
-    ("ls -l /bin (400 entries)", ["ls", "-l", "/bin"], "busybox ls -l /bin", None),
-    ("ps aux", ["ps", "aux"], "busybox ps aux", 5),
-    ("find /etc", ["find", "/etc"], "busybox find /etc", None),
-    ("find / -xdev", ["find", "/", "-xdev"], "busybox find / -xdev", None),
-    ("sha256sum of 50 MiB", ["sha256sum", "/root/big"], "busybox sha256sum /root/big", None),
+COMMANDS = [  # the same static busybox on both sides, then GNU coreutils and procps
+    ("ls -l /etc", ["busybox", "ls", "-l", "/etc"], "busybox ls -l /etc", 4),
+    ("ls -l /bin (400 entries)", ["busybox", "ls", "-l", "/bin"], "busybox ls -l /bin", None),
+    ("ps aux", ["busybox", "ps", "aux"], "busybox ps aux", 5),
+    ("find /etc", ["busybox", "find", "/etc"], "busybox find /etc", None),
+    ("find / -xdev", ["busybox", "find", "/", "-xdev"], "busybox find / -xdev", None),
+    ("sha256sum of 50 MiB", ["busybox", "sha256sum", "/root/big"],
+     "busybox sha256sum /root/big", None),
+    ("GNU ls -l /etc", ["ls", "-l", "/etc"], "busybox ls -l /etc", None),
+    ("procps ps aux", ["ps", "aux"], "busybox ps aux", 5),
 ]
 
 

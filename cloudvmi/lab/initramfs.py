@@ -15,9 +15,13 @@ from cloudvmi.lab.paths import sub
 BUSYBOX = Path("/bin/busybox")
 
 
-def _workload_source() -> tuple[bytes, bytes, bytes]:
+TOOLS = ("procview", "viewtruth")  # shell scripts installed as /bin/cloudvmi-NAME
+
+
+def _workload_source() -> tuple[bytes, bytes, dict[str, bytes]]:
     pkg = resources.files("cloudvmi.lab") / "workload"
-    return tuple((pkg / name).read_bytes() for name in ("workload.c", "init.sh", "procview.sh"))
+    return ((pkg / "workload.c").read_bytes(), (pkg / "init.sh").read_bytes(),
+            {name: (pkg / f"{name}.sh").read_bytes() for name in TOOLS})
 
 
 def _check_busybox() -> None:
@@ -31,8 +35,8 @@ def _check_busybox() -> None:
 def build(kernel: LabKernel) -> Path:
     """Return a cached initramfs for this kernel, building it when its inputs changed."""
     _check_busybox()
-    source, init, procview = _workload_source()
-    digest = hashlib.sha256(source + init + procview + BUSYBOX.read_bytes())
+    source, init, tools = _workload_source()
+    digest = hashlib.sha256(source + init + b"".join(tools.values()) + BUSYBOX.read_bytes())
     for mod in kernel.modules:
         digest.update(mod.read_bytes())
     out = sub("initramfs") / f"{kernel.version}-{kernel.flavour}-{digest.hexdigest()[:16]}.cpio.gz"
@@ -64,8 +68,9 @@ def build(kernel: LabKernel) -> Path:
                                     f"libc6-dev): {proc.stderr[-1000:]}")
         (root / "init").write_bytes(init)
         (root / "init").chmod(0o755)
-        (root / "bin" / "cloudvmi-procview").write_bytes(procview)
-        (root / "bin" / "cloudvmi-procview").chmod(0o755)
+        for name, script in tools.items():
+            (root / "bin" / f"cloudvmi-{name}").write_bytes(script)
+            (root / "bin" / f"cloudvmi-{name}").chmod(0o755)
         for mod in kernel.modules:
             shutil.copy2(mod, root / "lib" / "modules" / mod.name)
         (root / "etc" / "passwd").write_text("root:x:0:0:root:/:/bin/sh\n")

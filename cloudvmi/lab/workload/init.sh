@@ -31,6 +31,16 @@ sh -c 'sleep 0 & exec sleep 3000000' &
 /bin/workload threads 3 &
 /bin/workload files /run/held &
 /bin/workload listen 8080 &
+# Hundreds of descriptors of every kind, sockets of every family, an environment to read.
+mkdir -p /run/many
+env WL_MARK=env-view 'WL_ODD=a b=c' /bin/workload fds 500 /run/many &
+/bin/workload net 9000 &
+# An interface with IPv4 and IPv6 addresses and a route through it (dummy.ko made dummy0).
+if ip link set dummy0 up 2>/dev/null; then
+	ip addr add 10.9.8.7/24 dev dummy0
+	ip addr add fd00:9::7/64 dev dummy0
+	ip route add 192.168.77.0/24 via 10.9.8.1
+fi
 # Processes that check their own state (a counter and the clock) for writable-VMI tests.
 /bin/workload counter >/tmp/counter.log 2>&1 &
 /bin/workload user 1000 >/tmp/user.log 2>&1 &

@@ -8,8 +8,17 @@
  *                         in a loop, and writes "rounds N corrupt M" into FILE after each round
  *   workload signals FILE counts SIGUSR1 and SIGRTMIN+1 deliveries into FILE every 200 ms
  *                         (handlers without SA_RESTART: a waiting call would be interrupted)
+ *   workload fds N DIR    holds N descriptors of every kind: files (some deleted, at chosen
+ *                         offsets, with odd names), directories, pipes, eventfd, epoll,
+ *                         timerfd, signalfd, inotify, memfd, /dev/null, duplicates
+ *   workload net PORT     TCP listeners on PORT..PORT+3 (IPv4 and IPv6, any and loopback),
+ *                         100 established loopback connections (both ends held), UDP
+ *                         sockets, UNIX stream, datagram and seqpacket sockets (named,
+ *                         abstract, unnamed pairs)
  */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -17,8 +26,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -186,6 +203,177 @@ static int signals(const char *path)
 	}
 }
 
+static int fds(int n, const char *dir)
+{
+	char path[256];
+	int held = 0, fd, p[2];
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGUSR2);
+	/* One of each kind first, then files until N are open. */
+	if (pipe2(p, O_NONBLOCK) == 0)
+		held += 2;
+	held += eventfd(3, EFD_CLOEXEC) >= 0;
+	held += epoll_create1(0) >= 0;
+	held += timerfd_create(CLOCK_MONOTONIC, 0) >= 0;
+	held += signalfd(-1, &mask, 0) >= 0;
+	held += inotify_init1(IN_NONBLOCK) >= 0;
+	held += memfd_create("wl-memfd", 0) >= 0;
+	held += open("/dev/null", O_WRONLY | O_APPEND) >= 0;
+	held += open(dir, O_RDONLY | O_DIRECTORY) >= 0;
+	held += dup(1) >= 0;
+	for (int i = 0; held < n; i++, held++) {
+		const char *kind = i % 10 == 3 ? "gone" : i % 10 == 7 ? "odd name\t(x)" : "file";
+		snprintf(path, sizeof path, "%s/%s-%d", dir, kind, i);
+		fd = open(path, O_CREAT | (i % 2 ? O_RDWR : O_WRONLY) | (i % 4 == 1 ? O_APPEND : 0),
+			  0640);
+		if (fd < 0)
+			return 1;
+		dprintf(fd, "file %d of the workload, padded to a known length.\n", i);
+		lseek(fd, i % 37, SEEK_SET);
+		if (i % 10 == 3)
+			unlink(path); /* deleted but held open */
+	}
+	for (;;)
+		pause();
+}
+
+static int tcp_listener(int family, const char *address, int port)
+{
+	int s = socket(family, SOCK_STREAM, 0), one = 1;
+	struct sockaddr_storage a = { 0 };
+	socklen_t len;
+	if (s < 0)
+		return -1;
+	setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (family == AF_INET) {
+		struct sockaddr_in *v4 = (struct sockaddr_in *)&a;
+		v4->sin_family = AF_INET;
+		v4->sin_port = htons(port);
+		inet_pton(AF_INET, address, &v4->sin_addr);
+		len = sizeof *v4;
+	} else {
+		struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&a;
+		v6->sin6_family = AF_INET6;
+		v6->sin6_port = htons(port);
+		inet_pton(AF_INET6, address, &v6->sin6_addr);
+		len = sizeof *v6;
+	}
+	if (bind(s, (struct sockaddr *)&a, len) || listen(s, 128))
+		return -1;
+	return s;
+}
+
+static int tcp_connect(int family, const char *address, int port)
+{
+	int s = socket(family, SOCK_STREAM, 0);
+	struct sockaddr_storage a = { 0 };
+	socklen_t len;
+	if (family == AF_INET) {
+		struct sockaddr_in *v4 = (struct sockaddr_in *)&a;
+		v4->sin_family = AF_INET;
+		v4->sin_port = htons(port);
+		inet_pton(AF_INET, address, &v4->sin_addr);
+		len = sizeof *v4;
+	} else {
+		struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&a;
+		v6->sin6_family = AF_INET6;
+		v6->sin6_port = htons(port);
+		inet_pton(AF_INET6, address, &v6->sin6_addr);
+		len = sizeof *v6;
+	}
+	if (s < 0 || connect(s, (struct sockaddr *)&a, len))
+		return -1;
+	return s;
+}
+
+static int unix_socket(int type, const char *path, int abstract)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int s = socket(AF_UNIX, type, 0);
+	socklen_t len = offsetof(struct sockaddr_un, sun_path) + strlen(path) + abstract;
+	strncpy(a.sun_path + abstract, path, sizeof a.sun_path - 2);
+	unlink(path);
+	if (s < 0 || bind(s, (struct sockaddr *)&a, len))
+		return -1;
+	if (type != SOCK_DGRAM && listen(s, 16))
+		return -1;
+	return s;
+}
+
+static int unix_connect(int type, const char *path, int abstract)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int s = socket(AF_UNIX, type, 0);
+	socklen_t len = offsetof(struct sockaddr_un, sun_path) + strlen(path) + abstract;
+	strncpy(a.sun_path + abstract, path, sizeof a.sun_path - 2);
+	if (s < 0 || connect(s, (struct sockaddr *)&a, len))
+		return -1;
+	return s;
+}
+
+static int udp(int family, const char *address, int port)
+{
+	int s = socket(family, SOCK_DGRAM, 0);
+	struct sockaddr_storage a = { 0 };
+	socklen_t len;
+	if (family == AF_INET) {
+		struct sockaddr_in *v4 = (struct sockaddr_in *)&a;
+		v4->sin_family = AF_INET;
+		v4->sin_port = htons(port);
+		inet_pton(AF_INET, address, &v4->sin_addr);
+		len = sizeof *v4;
+	} else {
+		struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&a;
+		v6->sin6_family = AF_INET6;
+		v6->sin6_port = htons(port);
+		inet_pton(AF_INET6, address, &v6->sin6_addr);
+		len = sizeof *v6;
+	}
+	if (s < 0 || bind(s, (struct sockaddr *)&a, len))
+		return -1;
+	return s;
+}
+
+static int net(int port)
+{
+	int any4 = tcp_listener(AF_INET, "0.0.0.0", port);
+	int lo4 = tcp_listener(AF_INET, "127.0.0.1", port + 1);
+	int any6 = tcp_listener(AF_INET6, "::", port + 2);
+	int lo6 = tcp_listener(AF_INET6, "::1", port + 3);
+	int pair[2], u;
+	if (any4 < 0 || lo4 < 0 || any6 < 0 || lo6 < 0)
+		return 1;
+	for (int i = 0; i < 100; i++) { /* both ends held: 200 established sockets */
+		int family = i % 2 ? AF_INET6 : AF_INET;
+		int listener = i % 4 == 3 ? any6 : i % 2 ? lo6 : lo4;
+		const char *to = i % 4 == 3 ? "::ffff:127.0.0.1" : i % 2 ? "::1" : "127.0.0.1";
+		int c = tcp_connect(i % 4 == 3 ? AF_INET6 : family, to,
+				    i % 4 == 3 ? port + 2 : i % 2 ? port + 3 : port + 1);
+		if (c < 0 || accept(listener, NULL, NULL) < 0)
+			return 1;
+	}
+	u = udp(AF_INET, "0.0.0.0", port + 10);
+	udp(AF_INET, "127.0.0.1", port + 11);
+	udp(AF_INET6, "::", port + 12);
+	udp(AF_INET6, "::1", port + 13);
+	if (u < 0)
+		return 1;
+	u = unix_socket(SOCK_STREAM, "/run/wl.sock", 0);
+	if (u < 0 || unix_connect(SOCK_STREAM, "/run/wl.sock", 0) < 0 ||
+	    unix_connect(SOCK_STREAM, "/run/wl.sock", 0) < 0)
+		return 1;
+	accept(u, NULL, NULL);
+	if (unix_socket(SOCK_STREAM, "wl-abstract", 1) < 0 ||
+	    unix_socket(SOCK_DGRAM, "/run/wl.dgram", 0) < 0 ||
+	    unix_socket(SOCK_SEQPACKET, "/run/wl.seq", 0) < 0)
+		return 1;
+	socketpair(AF_UNIX, SOCK_STREAM, 0, pair);
+	socketpair(AF_UNIX, SOCK_DGRAM, 0, pair);
+	for (;;)
+		pause();
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 3 && !strcmp(argv[1], "threads"))
@@ -194,6 +382,10 @@ int main(int argc, char **argv)
 		return files(argv[2]);
 	if (argc >= 3 && !strcmp(argv[1], "listen"))
 		return listen_on(atoi(argv[2]));
+	if (argc >= 4 && !strcmp(argv[1], "fds"))
+		return fds(atoi(argv[2]), argv[3]);
+	if (argc >= 3 && !strcmp(argv[1], "net"))
+		return net(atoi(argv[2]));
 	if (argc >= 2 && !strcmp(argv[1], "counter"))
 		return counter();
 	if (argc >= 3 && !strcmp(argv[1], "sentinel"))
@@ -206,6 +398,6 @@ int main(int argc, char **argv)
 		return counter();
 	}
 	fprintf(stderr, "usage: workload threads N | files DIR | listen PORT | counter | user UID | "
-		"sentinel FILE | signals FILE\n");
+		"sentinel FILE | signals FILE | fds N DIR | net PORT\n");
 	return 64;
 }
