@@ -1,6 +1,8 @@
 """Shared fixtures: images of real lab guests, and the `guest` marker for tests that boot them."""
 
+import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -9,7 +11,9 @@ from cloudvmi.lab import guest as lab
 # Fixtures that boot real lab guests (or capture images from them): a test that uses one,
 # directly or through another fixture, is marked `guest`, so `-m "not guest"` selects the
 # fast subset truthfully.
-BOOTING = {"live", "variant", "fleet", "setup", "guest", "guest_images"}
+VIEW_KERNELS = ["5.10", "6.1", "6.12"]
+CORPUS_ENV = "CLOUDVMI_VIEW_CORPUS"  # a folder of VERSION/{guest.elf,guest.raw,truth/}
+BOOTING = {"live", "variant", "fleet", "setup", "guest", "guest_images", "viewed", "seen"}
 
 
 def pytest_collection_modifyitems(items):
@@ -53,11 +57,71 @@ def guest_images(tmp_path_factory):
     view at that moment), made on first use from a real booted guest."""
     root = tmp_path_factory.mktemp("images")
     made: set[str] = set()
+    corpus = os.environ.get(CORPUS_ENV)
 
     def get(version: str):
         if version not in made:
-            _capture(version, root)
+            if corpus:  # a kept image (tests/truth.py): its RAM and dump, no own view
+                for kind in ("raw", "elf"):
+                    (root / f"{version}.{kind}").symlink_to(
+                        Path(corpus) / version / f"guest.{kind}")
+            else:
+                _capture(version, root)
             made.add(version)
         return root
 
     return get
+
+
+
+@pytest.fixture(scope="session")
+def viewed(tmp_path_factory, profile_dir):
+    """viewed(VERSION) -> (vm, truth): a lab guest of VERSION running the workload, its own
+    view captured into TRUTH (tests/truth.py), then paused and attached, so what a view reads
+    from memory is the moment the guest described. One guest at a time: asking for another
+    version stops the last one. With $CLOUDVMI_VIEW_CORPUS set, a kept image and its truth
+    are used instead (no boot)."""
+    from truth import capture
+
+    from cloudvmi.control.qmp import QMP
+    from cloudvmi.vm import attach
+
+    current: dict = {}
+
+    def release() -> None:
+        if current:
+            current["vm"].close()
+            if current.get("guest") is not None:
+                lab.down(current["guest"].name)
+            current.clear()
+
+    def get(version: str):
+        if current.get("version") == version:
+            return current["vm"], current["truth"]
+        release()
+        corpus = os.environ.get(CORPUS_ENV)
+        if corpus:
+            root = Path(corpus) / version
+            vm = attach(str(root / "guest.elf"), profile_cache=profile_dir)
+            current.update(version=version, vm=vm, truth=root / "truth")
+            return vm, root / "truth"
+        g = lab.up(f"vw{uuid.uuid4().hex[:6]}-{version.replace('.', '')}", kernel=version,
+                   mem="512M")
+        current.update(version=version, guest=g)
+        truth = capture(g, tmp_path_factory.mktemp(f"truth-{version}"))
+        with QMP(str(g.qmp_path)) as qmp:
+            qmp.execute("stop")
+        vm = attach(g.name, profile_cache=profile_dir)
+        current.update(vm=vm, truth=truth)
+        return vm, truth
+
+    try:
+        yield get
+    finally:
+        release()
+
+
+@pytest.fixture(scope="module", params=VIEW_KERNELS)
+def seen(request, viewed):
+    """(vm, truth) for each kernel of the matrix, one module's tests per guest."""
+    return viewed(request.param)

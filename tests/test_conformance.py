@@ -99,7 +99,7 @@ def _reads(vm) -> dict:
     kernel = vm.linux.kernel
     banner = kernel.symbols.lookup("linux_banner")
     task = kernel.variable("init_task", "struct task_struct")
-    out = {f"linux.{c.name}": _comparable(getattr(vm.linux, c.name)())
+    out = {f"linux.{c.name}": _comparable(getattr(vm.linux, c.name)(**_sample_args(c)))
            for c in _own(capability.all_capabilities("linux"))}
     out["vm.read_physical"] = vm.read_physical(kernel.image_phys(banner) & ~0xFFF, 3 << 12)
     out["vm.read_virtual"] = vm.read_virtual(banner, 256)
@@ -113,6 +113,13 @@ def _reads(vm) -> dict:
     out["typed objects"] = (task.comm.string_(), task.pid.value_(),
                             kernel.object("struct task_struct", init.address).comm.string_())
     return out
+
+
+SAMPLE_ARGS = {"pid": 1}  # for views that need an argument: the init process
+
+
+def _sample_args(cap) -> dict:
+    return {p.name: SAMPLE_ARGS[p.name] for p in cap.params if p.required}
 
 
 def _arg_start(kernel, task_address: int) -> int:

@@ -2,7 +2,8 @@
 environments), captured over its console by the lab's `cloudvmi-viewtruth` script.
 
 As a script it also keeps a guest image for working on views without booting:
-    python tests/truth.py VERSION DIR   ->  DIR/VERSION/{truth/, guest.elf}
+    python tests/truth.py VERSION DIR   ->  DIR/VERSION/{truth/, guest.elf, guest.raw}
+(guest.raw: RAM with physical address == offset, for hostile edits of a copy).
 """
 
 import base64
@@ -23,6 +24,7 @@ def capture(g, dest: Path) -> Path:
 
 
 def main(version: str, root: str) -> None:
+    import shutil
     import uuid
 
     from cloudvmi.control.qmp import QMP
@@ -34,6 +36,7 @@ def main(version: str, root: str) -> None:
         capture(g, out / "truth")
         with QMP(str(g.qmp_path)) as qmp:
             qmp.execute("stop")
+            shutil.copyfile(g.shm_path, out / "guest.raw")
             qmp.execute("dump-guest-memory", paging=False,
                         protocol=f"file:{out / 'guest.elf'}")
     finally:
