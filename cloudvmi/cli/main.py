@@ -60,7 +60,10 @@ def vms(as_json: bool) -> None:
 
 
 from cloudvmi.cli import agent as _agent  # noqa: E402
+from cloudvmi.cli import enforce_cmd as _enforce  # noqa: E402
 from cloudvmi.cli import exec_cmd as _exec  # noqa: E402
+from cloudvmi.cli import fim_cmd as _fim  # noqa: E402
+from cloudvmi.cli import guard_cmd as _guard  # noqa: E402
 from cloudvmi.cli import lab as _lab  # noqa: E402
 from cloudvmi.cli import ops as _ops  # noqa: E402
 from cloudvmi.cli import remote_admin as _remote_admin  # noqa: E402
@@ -68,6 +71,9 @@ from cloudvmi.cli import remote_admin as _remote_admin  # noqa: E402
 main.add_command(_lab.lab)
 main.add_command(_agent.agent)
 main.add_command(_exec.exec_command)
+main.add_command(_guard.guard)
+main.add_command(_fim.fim)
+main.add_command(_enforce.enforce)
 for _command in _remote_admin.COMMANDS:
     main.add_command(_command)
 for _command in _ops.COMMANDS:
