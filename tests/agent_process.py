@@ -8,9 +8,18 @@ import sys
 from pathlib import Path
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Agent:
     def __init__(self, root: Path, env: dict | None = None) -> None:
         self.root = root
+        self.metrics_port = free_port()
         self.env = {**os.environ, **(env or {})}
         self.config = root / "agent.toml"
         self.config.write_text(f"""
@@ -20,6 +29,7 @@ listen = "127.0.0.1:0"
 insecure = true
 audit_log = "{root / 'audit.jsonl'}"
 lab = true
+metrics_listen = "127.0.0.1:{self.metrics_port}"
 
 [[allow]]
 identity = "insecure-loopback"

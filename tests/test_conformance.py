@@ -9,9 +9,11 @@ CLI and a remote client.
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -153,6 +155,11 @@ def test_views_and_reads_are_identical_on_local_remote_and_dump(setup):
     declared = {c.key for c in _own(capability.all_capabilities())
                 if c.facet == "linux" or c.key in READ_KEYS}
     assert declared <= covered, f"views not in the conformance suite: {declared - covered}"
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{agent.metrics_port}/metrics",
+                                     timeout=10).read().decode()
+    served = re.search(r'^cloudvmi_agent_calls_total\{op="processes",result="ok"\} (\S+)$',
+                       metrics, re.M)
+    assert served and float(served[1]) >= 1  # the agent's Prometheus metrics count calls
 
 
 def _operations(vm, tag: str) -> dict:

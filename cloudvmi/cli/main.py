@@ -64,6 +64,7 @@ from cloudvmi.cli import enforce_cmd as _enforce  # noqa: E402
 from cloudvmi.cli import exec_cmd as _exec  # noqa: E402
 from cloudvmi.cli import fim_cmd as _fim  # noqa: E402
 from cloudvmi.cli import guard_cmd as _guard  # noqa: E402
+from cloudvmi.cli import hunt_cmd as _hunt  # noqa: E402
 from cloudvmi.cli import lab as _lab  # noqa: E402
 from cloudvmi.cli import ops as _ops  # noqa: E402
 from cloudvmi.cli import remote_admin as _remote_admin  # noqa: E402
@@ -74,6 +75,7 @@ main.add_command(_exec.exec_command)
 main.add_command(_guard.guard)
 main.add_command(_fim.fim)
 main.add_command(_enforce.enforce)
+main.add_command(_hunt.hunt)
 for _command in _remote_admin.COMMANDS:
     main.add_command(_command)
 for _command in _ops.COMMANDS:

@@ -20,6 +20,7 @@ from cloudvmi.errors import CloudVMIError
 from cloudvmi.remote import codec
 from cloudvmi.remote.audit import AuditLog
 from cloudvmi.remote.config import AgentConfig
+from cloudvmi.remote.metrics import AgentMetrics
 from cloudvmi.remote.proto import cloudvmi_pb2 as pb
 from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
 from cloudvmi.remote.registry import Registry, UnknownVM
@@ -40,10 +41,12 @@ def _error(context, code: grpc.StatusCode, kind: str, message: str, **extra):
 
 
 class AgentService(rpc.AgentServicer):
-    def __init__(self, config: AgentConfig, registry: Registry, audit: AuditLog) -> None:
+    def __init__(self, config: AgentConfig, registry: Registry, audit: AuditLog,
+                 metrics: AgentMetrics | None = None) -> None:
         self.config = config
         self.registry = registry
         self.audit = audit
+        self.metrics = metrics or AgentMetrics()
 
     # -- who and what ---------------------------------------------------------------------
     def _identity(self, context) -> str:
@@ -57,12 +60,26 @@ class AgentService(rpc.AgentServicer):
         if not who or not self.config.allowed(who, vm, permission):
             self.audit.record(who or "?", vm, op, args, "denied",
                               f"{permission} not granted")
+            self.metrics.denied.labels(op).inc()
             _error(context, grpc.StatusCode.PERMISSION_DENIED, "PermissionDenied",
                    f"{who or 'this client'} may not {permission} on {vm}")
         return who
 
-    def _call(self, context, vm: str, fn, audit: tuple | None = None):
+    def _call(self, context, vm: str, fn, audit: tuple | None = None, op: str = "call"):
         """Run FN(vm) under the VM's lock, mapping errors to gRPC statuses (and the audit)."""
+        started = time.monotonic()
+        try:
+            result = self._locked(context, vm, fn, audit)
+        except BaseException:
+            self.metrics.calls.labels(op, "error").inc()
+            raise
+        finally:
+            self.metrics.latency.labels(op).observe(time.monotonic() - started)
+            self.metrics.vms.set(self.registry.attached())
+        self.metrics.calls.labels(op, "ok").inc()
+        return result
+
+    def _locked(self, context, vm: str, fn, audit: tuple | None):
         try:
             with self.registry.lock(vm):
                 try:
@@ -122,7 +139,8 @@ class AgentService(rpc.AgentServicer):
         if cap.permission != "read":  # changes are recorded; reads are not (yet)
             audit = (who, first.vm, cap.name, {**args, "as_pid": first.as_pid})
         result = self._call(context, first.vm,
-                            lambda vm: _dispatch(vm, cap, args, first.as_pid), audit=audit)
+                            lambda vm: _dispatch(vm, cap, args, first.as_pid), audit=audit,
+                            op=cap.name)
         text, blobs = codec.encode(result)
         yield pb.Reply(json=text)
         for blob in blobs:
@@ -181,6 +199,7 @@ class AgentService(rpc.AgentServicer):
         finally:
             idle.cancel()
             self.audit.record(who, first.vm, "exec", {**summary, **counts}, *outcome)
+            self.metrics.calls.labels("exec", outcome[0]).inc()
 
     def _payload(self, context, first, rest, expected: int) -> bytes:
         if expected > MAX_PAYLOAD:
@@ -240,13 +259,14 @@ def _dispatch(vm, cap: capability.Capability, args: dict, as_pid: int):
     return getattr(subject, cap.name)(**args)
 
 
-def build_server(config: AgentConfig, audit: AuditLog) -> tuple[grpc.Server, int, Registry]:
+def build_server(config: AgentConfig, audit: AuditLog,
+                 metrics: AgentMetrics | None = None) -> tuple[grpc.Server, int, Registry]:
     registry = Registry(["lab"] if config.lab else [], config.qmp_dirs)
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers),
                          options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs)
-    rpc.add_AgentServicer_to_server(AgentService(config, registry, audit), server)
+    rpc.add_AgentServicer_to_server(AgentService(config, registry, audit, metrics), server)
     if config.insecure:
         port = server.add_insecure_port(config.listen)
     else:
@@ -267,7 +287,10 @@ def serve(config: AgentConfig, ready=None, log_tls_denials: bool = False) -> Non
 
         tlslog.watch(lambda reason: audit.record("unauthenticated", "*", "tls-handshake", {},
                                                  "denied", reason))
-    server, port, registry = build_server(config, audit)
+    metrics = AgentMetrics()
+    if config.metrics_listen:
+        metrics.serve(config.metrics_listen)
+    server, port, registry = build_server(config, audit, metrics)
     server.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

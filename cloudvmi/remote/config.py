@@ -37,6 +37,7 @@ class AgentConfig:
     max_message_bytes: int = 8 << 20
     max_concurrent_rpcs: int = 64
     workers: int = 16
+    metrics_listen: str = ""  # "127.0.0.1:9464": serve Prometheus metrics there
     rules: list[Rule] = field(default_factory=list)
 
     def allowed(self, identity: str, vm: str, permission: str) -> bool:
@@ -66,6 +67,7 @@ def load(path: str | Path) -> AgentConfig:
             max_message_bytes=int(agent.get("max_message_bytes", 8 << 20)),
             max_concurrent_rpcs=int(agent.get("max_concurrent_rpcs", 64)),
             workers=int(agent.get("workers", 16)),
+            metrics_listen=str(agent.get("metrics_listen", "")),
             rules=[Rule(r["identity"], list(r.get("vms", ["*"])), list(r["permissions"]))
                    for r in data.get("allow", [])],
         )

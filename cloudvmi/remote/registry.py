@@ -69,6 +69,9 @@ class Registry:
         self._vms[name] = vm
         return vm
 
+    def attached(self) -> int:
+        return len(self._vms)
+
     def drop(self, name: str) -> None:
         """Forget a VM whose connection broke (it is attached again on next use)."""
         vm = self._vms.pop(name, None)
