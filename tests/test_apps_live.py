@@ -40,8 +40,7 @@ def test_guard_watch_kills_a_late_process_within_two_intervals(guest):
     g = guest
     policy = Policy.parse({"rule": [
         {"name": "no-4242", "action": "kill", "match": {"name": "sleep", "cmdline": "4242$"}},
-        {"name": "listeners", "action": "report",
-         "match": {"name": "workload", "cmdline": "listen 8080"}}]})
+        {"name": "listeners", "action": "report", "match": {"listen_port": 8080}}]})
     events, metrics = Events(), Metrics("guard")
     stop = threading.Event()
     interval = 2.0
@@ -171,3 +170,42 @@ def test_enforce_dry_run_apply_and_idempotence(guest, tmp_path):
     again = json.loads(subprocess.run(run, check=True, capture_output=True,
                                       text=True).stdout)[g.name]
     assert again == []
+
+
+def test_hunt_clean_then_a_process_unlinked_from_the_task_list(guest):
+    """A clean guest gives no findings; a process unlinked from the task list by a direct
+    write into guest memory (as a rootkit would) is reported with its pid and name, seen in
+    the pid table and the guest's /proc but not in the task list."""
+    import struct
+
+    from cloudvmi.apps.hunt import Hunt
+    from cloudvmi.os.linux.views.processes import TaskReader
+    from cloudvmi.vm import attach
+
+    g = guest
+    with attach(g.name, writable=True) as vm:
+        target = Target(g.name, "")
+        assert Hunt().check(target, vm) == []
+        g.console.check("sleep 7777 &")
+        victim = next(p for p in vm.linux.processes().items if p.cmdline == ["sleep", "7777"])
+        kernel = vm.linux.kernel
+        offset = kernel.helper(TaskReader).tasks_offset
+        node = victim.address + offset
+        with vm.snapshot():  # unlink: prev->next = next, next->prev = prev
+            nxt, prev = struct.unpack("<QQ", kernel.read(node, 16))
+            kernel.space.write(prev, struct.pack("<Q", nxt))
+            kernel.space.write(nxt + 8, struct.pack("<Q", prev))
+        kernel.invalidate()
+        assert victim.pid not in {p.pid for p in vm.linux.processes().items}
+        found = Hunt().check(target, vm)
+        hidden = [f for f in found if f.kind == "hidden-process"]
+        assert [(f.evidence["pid"], f.evidence["comm"]) for f in hidden] == \
+            [(victim.pid, "sleep")]
+        assert hidden[0].absent == ["task list"]
+        assert {"pid table", "guest /proc"} <= set(hidden[0].present)
+        assert [f for f in found if f.kind != "hidden-process"] == []
+        with vm.snapshot():  # put it back, so the guest can end it cleanly
+            kernel.space.write(prev, struct.pack("<Q", node))
+            kernel.space.write(nxt + 8, struct.pack("<Q", node))
+        kernel.invalidate()
+    g.console.check(f"kill {victim.pid}")

@@ -92,6 +92,12 @@ class Policy:
         return cls(rules)
 
 
+def _ip(text: str):
+    """An address, IPv4-mapped IPv6 ones as the IPv4 address they carry."""
+    a = ipaddress.ip_address(text)
+    return a.ipv4_mapped or a if a.version == 6 else a
+
+
 def _listed(value) -> list:
     return value if isinstance(value, list) else [value]
 
@@ -145,13 +151,13 @@ class Guard:
         peers: dict[int, set] = {}
         if any(r.needs_sockets for r in self.policy.rules):
             for s in vm.linux.sockets().items:
+                if s.family not in ("ipv4", "ipv6"):
+                    continue
                 for pid in s.pids:
-                    if s.state == "LISTEN" or (s.protocol.startswith("udp")
-                                               and not s.remote_port):
+                    if s.state == "LISTEN" or (s.type == "dgram" and not s.remote_port):
                         listening.setdefault(pid, set()).add(s.local_port)
-                    elif s.remote_address and s.remote_port:
-                        peers.setdefault(pid, set()).add(ipaddress.ip_address(
-                            s.remote_address))
+                    elif s.remote_port:
+                        peers.setdefault(pid, set()).add(_ip(s.remote_address))
         return Facts(procs, listening, peers)
 
     def _matches(self, rule: Rule, p, facts: Facts, vm, target: Target) -> bool:

@@ -13,6 +13,7 @@ only if both readings agree, so processes and connections that come and go while
 runs are not reported as hidden.
 """
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -54,15 +55,34 @@ class Memory:
             modules={m.name for m in linux.modules().items})
 
 
-def _guest_proc(vm) -> tuple[set[int], set[str]]:
-    """What the guest itself shows: the pids in /proc and the names in /proc/modules."""
-    r = vm.exec(["sh", "-c", "ls -1 /proc; echo --; cat /proc/modules"], timeout=120)
-    if r.status != 0:
-        raise CloudVMIError(f"reading the guest's /proc failed: {r.stderr.decode()[-300:]}")
-    text = r.stdout.decode("utf-8", "replace")
-    listing, _, modules = text.partition("--\n")
-    pids = {int(n) for n in listing.split() if n.isdigit()}
-    return pids, {line.split()[0] for line in modules.splitlines() if line.split()}
+@dataclass
+class GuestView:
+    """What the guest itself shows, read by one program run through `exec`: the pids in
+    /proc, the names in /proc/modules, and the TCP and UDP sockets in /proc/net with the
+    network namespace they belong to (init's, which the reading process shares)."""
+
+    pids: set[int]
+    modules: set[str]
+    netns: int
+    sockets: set[tuple]
+
+    SCRIPT = ("readlink /proc/1/ns/net; echo '== pids'; ls -1 /proc; echo '== modules'; "
+              "cat /proc/modules; for f in tcp tcp6 udp udp6; do echo \"== $f\"; "
+              "cat /proc/net/$f; done")
+
+    @classmethod
+    def read(cls, vm) -> "GuestView":
+        r = vm.exec(["sh", "-c", cls.SCRIPT], timeout=120)
+        text = r.stdout.decode("utf-8", "replace")
+        namespace = re.match(r"net:\[(\d+)\]", text)
+        if r.status != 0 or namespace is None:
+            raise CloudVMIError(f"reading the guest's /proc failed: "
+                                f"{r.stderr.decode(errors='replace')[-300:]}")
+        sections = dict(re.findall(r"^== (\S+)\n(.*?)(?=^== |\Z)", text, re.M | re.S))
+        return cls({int(n) for n in sections.get("pids", "").split() if n.isdigit()},
+                   {line.split()[0] for line in sections.get("modules", "").splitlines()
+                    if line.split()},
+                   int(namespace[1]), parse(text))
 
 
 def processes(before: Memory, after: Memory, proc: set[int]) -> list[Finding]:
@@ -116,7 +136,7 @@ def _plain(obj) -> dict:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else {"value": str(obj)}
 
 
-def sockets(vm, before: set, after: set, proc_net: set) -> list[Finding]:
+def sockets(before: set, after: set, proc_net: set) -> list[Finding]:
     out = []
     for key in sorted((before & after) - proc_net):
         out.append(Finding("hidden-socket", _socket_words(key), ["kernel socket tables"],
@@ -132,23 +152,15 @@ def _socket_words(key: tuple) -> str:
     return f"{protocol} {local} -> {remote} {state} (inode {inode})"
 
 
-def memory_sockets(vm) -> set[tuple]:
-    """TCP and UDP sockets of the initial namespace as keys comparable with /proc/net."""
-    out = set()
+def memory_sockets(vm) -> dict[tuple, int]:
+    """TCP and UDP sockets as keys comparable with /proc/net, with their namespace."""
+    out = {}
     for s in vm.linux.sockets().items:
-        if s.protocol in ("tcp", "tcp6", "udp", "udp6") and getattr(s, "netns_init", True):
-            out.add((s.protocol, endpoint(s.local_address, s.local_port),
-                     endpoint(s.remote_address, s.remote_port), s.state, s.inode))
+        if s.protocol in ("tcp", "udp"):
+            out[(s.protocol + ("6" if s.family == "ipv6" else ""),
+                 endpoint(s.local_address, s.local_port),
+                 endpoint(s.remote_address, s.remote_port), s.state, s.inode)] = s.netns
     return out
-
-
-def guest_sockets(vm) -> set[tuple]:
-    """The same keys from the guest's own /proc/net files."""
-    r = vm.exec(["sh", "-c", "for f in tcp tcp6 udp udp6; do echo \"== $f\"; "
-                 "cat /proc/net/$f; done"], timeout=120)
-    if r.status != 0:
-        raise CloudVMIError(f"reading the guest's /proc/net failed: {r.stderr.decode()[-300:]}")
-    return parse(r.stdout.decode("utf-8", "replace"))
 
 
 class Hunt:
@@ -159,11 +171,11 @@ class Hunt:
     def check(self, target: Target, vm) -> list[Finding]:
         start = time.monotonic()
         before, socks_before = Memory.read(vm), memory_sockets(vm)
-        proc_pids, proc_modules = _guest_proc(vm)
-        proc_net = guest_sockets(vm)
+        guest = GuestView.read(vm)
         after, socks_after = Memory.read(vm), memory_sockets(vm)
-        found = processes(before, after, proc_pids) + modules(before, after, proc_modules) \
-            + sockets(vm, socks_before, socks_after, proc_net) + kernel(vm)
+        in_memory = {k for k, ns in socks_before.items() if ns == guest.netns}
+        found = processes(before, after, guest.pids) + modules(before, after, guest.modules) \
+            + sockets(in_memory, set(socks_after), guest.sockets) + kernel(vm)
         for f in found:
             self.events.emit(Event("hunt", target.name, "finding", f.kind,
                                    {"object": f.object, "present": f.present,
