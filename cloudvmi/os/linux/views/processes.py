@@ -20,6 +20,7 @@ PF_KTHREAD = 0x00200000
 STATE_LETTERS = "RSDTtXZPI"  # fs/proc/array.c task_state_array, by fls(state)
 TASK_REPORT = 0x7F
 TASK_IDLE = 0x402  # TASK_UNINTERRUPTIBLE | TASK_NOLOAD
+NAME_MAX = 255  # longest name of one path component
 
 
 @dataclass
@@ -74,8 +75,9 @@ class TaskReader:
             "mm": "mm", "signal": "signal", "thread_node": "thread_node.next",
             "start_boottime": "start_boottime", "real_start_time": "real_start_time",
             "worker_private": "worker_private", "set_child_tid": "set_child_tid",
+            "files": "files",
         }, optional=("state", "state_old", "start_boottime", "real_start_time",
-                     "worker_private", "set_child_tid"))
+                     "worker_private", "set_child_tid", "files"))
         self.tasks_offset = self.task.struct.offset("tasks")
         self.thread_node_offset = self.task.struct.offset("thread_node")
         self.tgid_offset = self.task.struct.offset("tgid")
@@ -90,13 +92,27 @@ class TaskReader:
         self.kthread = Record(btf, "kthread", {"full_name": "full_name", "data": "data"},
                               optional=("full_name",))
         self.worker = Record(btf, "worker", {"desc": "desc", "current_work": "current_work"})
-        self.file = Record(btf, "file", {"mnt": "f_path.mnt", "dentry": "f_path.dentry"})
-        self.dentry = Record(btf, "dentry", {"parent": "d_parent", "name": "d_name.name",
-                                             "len": "d_name.len"})
+        # The fields past the path serve the files view (fdinfo, d_dname); optional, so
+        # that a kernel which moved one still gives every process its executable.
+        self.file = Record(btf, "file", {
+            "mnt": "f_path.mnt", "dentry": "f_path.dentry", "flags": "f_flags", "pos": "f_pos",
+            "inode": "f_inode", "private": "private_data", "fop": "f_op",
+        }, optional=("flags", "pos", "inode", "private", "fop"))
+        self.dentry = Record(btf, "dentry", {
+            "parent": "d_parent", "name": "d_name.name", "len": "d_name.len",
+            "op": "d_op", "inode": "d_inode", "hash_pprev": "d_hash.pprev",
+            "fsdata": "d_fsdata", "iname": "d_iname", "shortname": "d_shortname.string",
+        }, optional=("op", "inode", "hash_pprev", "fsdata", "iname", "shortname"))
+        inline = next((n for n in ("iname", "shortname") if n in self.dentry), None)
+        # Short names live inside the dentry: (offset, size) of that array, to slice them
+        # out of the record already read instead of reading them again.
+        self.inline_name = ((self.dentry.offset(inline), self.dentry.size_of(inline), inline)
+                            if inline else None)
         self.mount_mnt = btf.struct("mount").offset("mnt")
         self.mount = Record(btf, "mount", {"parent": "mnt_parent",
                                            "mountpoint": "mnt_mountpoint",
-                                           "root": "mnt.mnt_root"})
+                                           "root": "mnt.mnt_root", "id": "mnt_id"},
+                            optional=("id",))
 
     def read_u64(self, address: int) -> int:
         return self.kernel.read_u64(address)
@@ -126,21 +142,21 @@ class TaskReader:
     def state(self, t: dict) -> str:
         return state_letter(t.get("state", t.get("state_old", 0)), t["exit_state"])
 
-    def cmdline(self, mm: dict) -> list[str]:
-        start, end = mm["arg_start"], mm["arg_end"]
+    def user_bytes(self, mm: dict, start: int, end: int, limit: int) -> bytes:
+        """Bytes [START, END) of the process's own memory, at most LIMIT: how /proc reads
+        cmdline and environ (mm->arg_*, mm->env_*), shared by both views."""
         if not mm["pgd"] or end <= start:
-            return []
-        space = self.kernel.user_space(mm["pgd"])
-        raw = space.read(start, min(end - start, MAX_CMDLINE))
+            return b""
+        return self.kernel.user_space(mm["pgd"]).read(start, min(end - start, limit))
+
+    def cmdline(self, mm: dict) -> list[str]:
+        end = mm["arg_end"]
+        raw = self.user_bytes(mm, mm["arg_start"], end, MAX_CMDLINE)
         if raw and raw[-1] != 0 and mm["env_end"] > mm["env_start"] == end:
             # setproctitle() may run the title on into the environment (proc_pid_cmdline)
-            more = space.read(end, min(mm["env_end"] - end, MAX_CMDLINE - len(raw)))
+            more = self.user_bytes(mm, end, mm["env_end"], MAX_CMDLINE - len(raw))
             raw += more.split(b"\0", 1)[0]
-        if not raw:
-            return []
-        if raw.endswith(b"\0"):  # each argument ends with a NUL; an empty one is kept
-            raw = raw[:-1]
-        return [_decode(a) for a in raw.split(b"\0")]
+        return split_strings(raw)
 
     def exe(self, mm: dict) -> str | None:
         if not mm["exe_file"]:
@@ -148,29 +164,93 @@ class TaskReader:
         f = self.file.read(self.kernel, mm["exe_file"])
         return self.d_path(f["mnt"], f["dentry"])
 
-    def d_path(self, vfsmount: int, dentry: int) -> str:
-        """Rebuild a path from a dentry and its mount, crossing mount points (bounded)."""
+    def name(self, d: dict, address: int) -> bytes:
+        """A dentry's name (d_name), sliced from the record when it is one of the short
+        names kept inside the dentry, else read (NAME_MAX bytes at most)."""
+        size = min(d["len"], NAME_MAX)
+        if self.inline_name:
+            offset, room, field_name = self.inline_name
+            start = d["name"] - address - offset
+            if start >= 0 and start + size <= room:
+                return d[field_name][start:start + size]
+        return self.kernel.read(d["name"], size)
+
+    def d_path(self, vfsmount: int, dentry: int, cache: "PathCache | None" = None) -> str:
+        """Rebuild a path from a dentry and its mount, crossing mount points (bounded).
+        With a CACHE (one per view call), directories already rebuilt are not read again."""
+        cache = cache if cache is not None else PathCache(self)
         mnt = vfsmount - self.mount_mnt
         parts: list[bytes] = []
+        walked: list[tuple[tuple[int, int], int]] = []  # (mount, dentry) and its depth
+        base = ""
         for _ in range(MAX_PATH_DEPTH):
-            m = self.mount.read(self.kernel, mnt)
+            known = cache.paths.get((mnt, dentry))
+            if known is not None:
+                base = known
+                break
+            walked.append(((mnt, dentry), len(parts)))
+            m = cache.mount(mnt)
             if dentry == m["root"]:
                 parent = m["parent"]
                 if parent == mnt or not parent:
                     break
                 dentry, mnt = m["mountpoint"], parent
                 continue
-            d = self.dentry.read(self.kernel, dentry)
+            d = cache.dentry(dentry)
             if d["parent"] == dentry:
                 break
-            parts.append(self.kernel.read(d["name"], min(d["len"], 255)))
+            parts.append(self.name(d, dentry))
             dentry = d["parent"]
         else:
             raise GuestMemoryError("path deeper than the walk bound")
-        return "/" + "/".join(_decode(p) for p in reversed(parts))
+        for key, depth in walked:
+            cache.paths[key] = _join_path(base, parts[depth:])
+        return _join_path(base, parts)
 
 
-def _task_addresses(reader: TaskReader) -> tuple[list[int], str | None]:
+class PathCache:
+    """Mounts, dentries and paths already read during one view call: the open files of a
+    guest share their directories and mounts, so each is read once. Never kept across calls
+    (a running guest changes)."""
+
+    def __init__(self, reader: TaskReader) -> None:
+        self.reader = reader
+        self.paths: dict[tuple[int, int], str] = {}
+        self.mounts: dict[int, dict] = {}
+        self.dentries: dict[int, dict] = {}
+
+    def mount(self, address: int) -> dict:
+        m = self.mounts.get(address)
+        if m is None:
+            m = self.mounts[address] = self.reader.mount.read(self.reader.kernel, address)
+        return m
+
+    def dentry(self, address: int) -> dict:
+        d = self.dentries.get(address)
+        if d is None:
+            d = self.dentries[address] = self.reader.dentry.read(self.reader.kernel, address)
+        return d
+
+
+def _join_path(base: str, parts: list[bytes]) -> str:
+    """BASE (a path already rebuilt, or "" for the root) followed by PARTS, leaf first."""
+    tail = "".join("/" + _decode(p) for p in reversed(parts))
+    return (base.rstrip("/") + tail) or "/"
+
+
+def split_strings(raw: bytes) -> list[str]:
+    """NUL-terminated strings as /proc/PID/cmdline and environ hold them: each ends with a
+    NUL (the last one may not), and an empty string is kept."""
+    if not raw:
+        return []
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+    return [_decode(a) for a in raw.split(b"\0")]
+
+
+def task_addresses(reader: TaskReader) -> tuple[list[int], str | None]:
+    """Every process's task_struct (thread-group leaders, from init_task.tasks), init_task
+    first, and why the walk stopped early if it did (views that visit processes share it)."""
     init = reader.kernel.symbols.lookup("init_task")
     head = init + reader.tasks_offset
     addresses = [init]
@@ -193,7 +273,7 @@ def _command(p: Process) -> str:
 def processes(kernel: LinuxKernel) -> ViewResult[Process]:
     """List the guest's processes: pid, ppid, uid, state, threads, command line."""
     reader = kernel.helper(TaskReader)
-    addresses, partial = _task_addresses(reader)
+    addresses, partial = task_addresses(reader)
     result: ViewResult[Process] = ViewResult(partial=partial)
     for address in addresses:
         try:
@@ -251,7 +331,7 @@ def _process(reader: TaskReader, address: int, t: dict) -> Process:
 def threads(kernel: LinuxKernel) -> ViewResult[Thread]:
     """List every thread of every process (from each process's signal->thread_head list)."""
     reader = kernel.helper(TaskReader)
-    addresses, partial = _task_addresses(reader)
+    addresses, partial = task_addresses(reader)
     result: ViewResult[Thread] = ViewResult(partial=partial)
     for address in addresses:
         try:
@@ -279,7 +359,7 @@ def find_task(kernel: LinuxKernel, pid: int) -> dict | None:
     """The task_struct fields of process PID (a thread-group leader), found by walking the
     task list reading one record per task: no command lines, paths or credentials."""
     reader = kernel.helper(TaskReader)
-    addresses, _ = _task_addresses(reader)
+    addresses, _ = task_addresses(reader)
     for address in addresses:
         try:
             t = reader.task.read(kernel, address)
