@@ -96,6 +96,19 @@ class Kallsyms:
         i = bisect.bisect_left(self.addresses, self.addresses[i], 0, i)  # first alias, as kernel
         return self.names[i], address - self.addresses[i]
 
+    def aliases(self, address: int) -> list[str]:
+        """Every name at exactly ADDRESS (a function often has several: __x64_sys_getpid and
+        __do_sys_getpid), in table order; empty when no symbol starts there."""
+        lo = bisect.bisect_left(self.addresses, address)
+        hi = bisect.bisect_right(self.addresses, address, lo)
+        return self.names[lo:hi]
+
+    def next_address(self, address: int) -> int | None:
+        """The first symbol address above ADDRESS: where the object at ADDRESS ends at the
+        latest (kallsyms has no sizes). None above the last symbol."""
+        i = bisect.bisect_right(self.addresses, address)
+        return self.addresses[i] if i < len(self.addresses) else None
+
     def to_cache(self) -> dict:
         """JSON-able; keep table_paddr to pass as the hint on the next attach."""
         return {"version": 1, "table_paddr": self.table_paddr, "names": list(self.names),
