@@ -78,47 +78,42 @@ def guest_images(tmp_path_factory):
 def viewed(tmp_path_factory, profile_dir):
     """viewed(VERSION) -> (vm, truth): a lab guest of VERSION running the workload, its own
     view captured into TRUTH (tests/truth.py), then paused and attached, so what a view reads
-    from memory is the moment the guest described. One guest at a time: asking for another
-    version stops the last one. With $CLOUDVMI_VIEW_CORPUS set, a kept image and its truth
-    are used instead (no boot)."""
+    from memory is the moment the guest described. Each version is booted once per session
+    and stays paused (a paused guest costs memory, no CPU). With $CLOUDVMI_VIEW_CORPUS set,
+    a kept image and its truth are used instead (no boot)."""
     from truth import capture
 
     from cloudvmi.control.qmp import QMP
     from cloudvmi.vm import attach
 
-    current: dict = {}
-
-    def release() -> None:
-        if current:
-            current["vm"].close()
-            if current.get("guest") is not None:
-                lab.down(current["guest"].name)
-            current.clear()
+    made: dict[str, tuple] = {}
+    guests: list = []
 
     def get(version: str):
-        if current.get("version") == version:
-            return current["vm"], current["truth"]
-        release()
+        if version in made:
+            return made[version]
         corpus = os.environ.get(CORPUS_ENV)
         if corpus:
             root = Path(corpus) / version
-            vm = attach(str(root / "guest.elf"), profile_cache=profile_dir)
-            current.update(version=version, vm=vm, truth=root / "truth")
-            return vm, root / "truth"
+            made[version] = (attach(str(root / "guest.elf"), profile_cache=profile_dir),
+                             root / "truth")
+            return made[version]
         g = lab.up(f"vw{uuid.uuid4().hex[:6]}-{version.replace('.', '')}", kernel=version,
                    mem="512M")
-        current.update(version=version, guest=g)
+        guests.append(g)
         truth = capture(g, tmp_path_factory.mktemp(f"truth-{version}"))
         with QMP(str(g.qmp_path)) as qmp:
             qmp.execute("stop")
-        vm = attach(g.name, profile_cache=profile_dir)
-        current.update(vm=vm, truth=truth)
-        return vm, truth
+        made[version] = (attach(g.name, profile_cache=profile_dir), truth)
+        return made[version]
 
     try:
         yield get
     finally:
-        release()
+        for vm, _ in made.values():
+            vm.close()
+        for g in guests:
+            lab.down(g.name)
 
 
 @pytest.fixture(scope="module", params=VIEW_KERNELS)

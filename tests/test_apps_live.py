@@ -187,7 +187,13 @@ def test_hunt_clean_then_a_process_unlinked_from_the_task_list(guest):
         target = Target(g.name, "")
         assert Hunt().check(target, vm) == []
         g.console.check("sleep 7777 &")
-        victim = next(p for p in vm.linux.processes().items if p.cmdline == ["sleep", "7777"])
+        victim = None
+        for _ in range(50):  # until it has executed sleep
+            victim = next((p for p in vm.linux.processes().items
+                           if p.cmdline == ["sleep", "7777"]), None)
+            if victim:
+                break
+            time.sleep(0.2)
         kernel = vm.linux.kernel
         offset = kernel.helper(TaskReader).tasks_offset
         node = victim.address + offset

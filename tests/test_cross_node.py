@@ -219,3 +219,54 @@ def test_fleet_listing_with_a_node_down(fleet):
         assert "error" in listed["node2"]
     finally:
         fleet.start_agent("node2")
+
+
+def test_applications_through_agents(fleet, tmp_path):
+    """guard, hunt, fim and enforce from the client's namespace on VMs of other nodes (and
+    on every VM with --all): the same results as locally, every change audited by the
+    node's agent."""
+    g1, g2 = fleet.guests[0], fleet.guests[1]
+    cli = [*fleet.topo.run_in(fleet.topo.client), sys.executable, "-m", "cloudvmi.cli.main"]
+
+    def run(*args, code=0):
+        r = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=600,
+                           env=fleet.client_env("ops"))
+        assert r.returncode == code, (args, r.stdout[-2000:], r.stderr[-2000:])
+        return r.stdout
+
+    g1.console.check("sleep 8642 &")
+    g2.console.check("sleep 8642 &")
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[[rule]]\nname = "no-8642"\naction = "kill"\n'
+                      'match = { name = "sleep", cmdline = "8642$" }\n')
+    acted = json.loads(run("guard", "once", str(policy), "--all", "--json"))
+    assert sorted((e["vm"], e["kind"], e["rule"]) for e in acted) == [
+        ("web1@node1", "action", "no-8642"), ("web2@node2", "action", "no-8642")]
+    for g in (g1, g2):
+        assert "8642" not in _console(g, "ps -o args | grep -v grep | grep 8642 || true")
+
+    assert json.loads(run("hunt", "web1@node1", "--json")) == {"web1@node1": []}
+
+    base = tmp_path / "etc.json"
+    run("fim", "baseline", "web2@node2", "/etc", "-o", str(base))
+    g2.console.check("echo 'eve:x:666:666::/:/bin/sh' >> /etc/passwd")
+    changed = json.loads(run("fim", "check", str(base), "--json", code=1))["changes"]
+    assert [(c["path"], c["kind"]) for c in changed] == [("/etc/passwd", "changed")]
+    run("fim", "restore", str(base))
+    assert "eve" not in _console(g2, "cat /etc/passwd")
+
+    state = tmp_path / "state.toml"
+    state.write_text('[sysctl]\n"vm.swappiness" = 21\n')
+    plan = json.loads(run("enforce", str(state), "--all", "--dry-run", "--json"))
+    assert sorted(plan) == ["web1@node1", "web2@node2"]
+    assert all([c["item"] for c in changes] == ["sysctl vm.swappiness"]
+               for changes in plan.values())
+    run("enforce", str(state), "--all")
+    assert _console(g1, "cat /proc/sys/vm/swappiness") == "21\n"
+    again = json.loads(run("enforce", str(state), "--all", "--json"))
+    assert again == {"web1@node1": [], "web2@node2": []}
+
+    records = [json.loads(line) for line in
+               (fleet.root / "node1" / "audit.jsonl").read_text().splitlines()]
+    assert any(r["op"] == "kill" and r["result"] == "ok" for r in records)
+    assert sum(r["op"] == "exec" and r["result"] == "ok" for r in records) >= 3

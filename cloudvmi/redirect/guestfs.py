@@ -32,6 +32,8 @@ S_IFMT, S_IFDIR, S_IFREG = 0o170000, 0o040000, 0o100000
 STAT_SIZE, STATX_SIZE = 144, 256
 FIRST_READ = 64 * 1024  # read at open; more follows on demand
 CHUNK = 1 << 20  # a fetch of a larger file
+READ_STEP = 64 * 1024  # one read() of a chunk
+EOF_PROBE = 4096  # the read after the first, at open: 0 at the end of the file
 DIR_BUFFER = 64 * 1024
 DIR_READS = 2  # getdents64 calls made at open (more follow if the listing is longer)
 PREFETCH_FILE = 64 * 1024  # siblings read together must be this small
@@ -108,6 +110,29 @@ LINK_KEY = ("readlinkat", tuple((a.kind, a.value, a.data) for a in LINK_TEMPLATE
 def _fill(name: str, template: list[Arg], path: bytes, trim: bool) -> GuestCall:
     return GuestCall(name, [data_in(path + b"\0") if a.kind == "path" else a
                             for a in template], trim=trim)
+
+
+def _chunk_end(group: list[GuestCall]) -> int:
+    """Where a chunk group's reads would end if every one were full."""
+    return group[1].args[1].value + sum(c.args[2].value for c in group if c.name == "read")
+
+
+def _chunk_result(group: list[GuestCall],
+                  results: list[CallResult]) -> tuple[int, bytes, bool]:
+    """(error, bytes read, whether the end of the file was reached) of a chunk group."""
+    for r in results[:2]:
+        if r.value is None or r.value < 0:
+            return (r.value or -5), b"", True
+    data = bytearray()
+    for call, r in zip(group[2:-1], results[2:-1], strict=True):
+        if r.value is None or r.value < 0:
+            return (r.value or -5), bytes(data), True
+        if r.value == 0:
+            return 0, bytes(data), True
+        data += r.outputs[0]
+        if r.value < call.args[2].value:
+            return 0, bytes(data), False  # short: the rest from a new group
+    return 0, bytes(data), False
 
 
 def _first(r: CallResult) -> tuple[int, bytes]:
@@ -322,9 +347,10 @@ class GuestFS:
                                           value(flags | O_CLOEXEC), value(mode)]))
         fd = len(group) - 1
         group.append(GuestCall("fstat", [result_of(fd), buffer_out(STAT_SIZE)]))
-        if read:
-            group.append(GuestCall("read", [result_of(fd), buffer_out(read), value(read)],
-                                   trim=True))
+        if read:  # a second read tells the end (0) from a pseudo-file's short read (a page)
+            for size in (read, EOF_PROBE):
+                group.append(GuestCall("read", [result_of(fd), buffer_out(size), value(size)],
+                                       trim=True))
         elif flags & O_DIRECTORY and not flags & O_PATH:  # its listing, in the same run
             for _ in range(DIR_READS):
                 group.append(GuestCall("getdents64", [result_of(fd), buffer_out(DIR_BUFFER),
@@ -342,10 +368,12 @@ class GuestFS:
         st = results[fd + 1].outputs[0]
         content, complete = b"", False
         if read:
-            rr = results[fd + 2]
-            if rr.value is not None and rr.value >= 0:
-                content = rr.outputs[0]
-                complete = len(content) < read
+            first, probe = results[fd + 2], results[fd + 3]
+            if first.value is not None and first.value >= 0:
+                content = first.outputs[0]
+                if probe.value is not None and probe.value >= 0:
+                    content += probe.outputs[0]
+                    complete = probe.value == 0
             if stat_mode(st) & S_IFMT == S_IFDIR:
                 content, complete = b"", True
         dents = [r for c, r in zip(group, results, strict=True) if c.name == "getdents64"]
@@ -474,39 +502,40 @@ class GuestFS:
         return out[:256]
 
     def read_range(self, path: bytes, offset: int, size: int) -> tuple[int, bytes]:
-        """Bytes [OFFSET, OFFSET+SIZE) of a guest file, fetched in chunks."""
-        groups = []
-        for start in range(offset, offset + size, CHUNK):
-            n = min(CHUNK, offset + size - start)
-            groups.append([
-                GuestCall("openat", [value(AT_FDCWD), *path_in(path),
-                                     value(O_RDONLY | O_CLOEXEC)], stop_on_error=True),
-                GuestCall("pread64", [result_of(0), buffer_out(n), value(n), value(start)],
-                          trim=True),
-                GuestCall("close", [result_of(0)]),
-            ])
+        """Bytes [OFFSET, OFFSET+SIZE) of a guest file, or up to its end. The file is read
+        with read() in steps: a pseudo-file (/proc, /sys) answers a page or a record at a
+        time, so only a read of 0 is its end. Steps of a regular file are full, and several
+        of its chunks travel in one run."""
         out = bytearray()
-        for r in self.run_groups(groups):
-            if r[0].value is None or r[0].value < 0:
-                return r[0].value or -5, bytes(out)
-            if r[1].value is None or r[1].value < 0:
-                return r[1].value or -5, bytes(out)
-            out += r[1].outputs[0]
-            if len(r[1].outputs[0]) == 0:
-                break
-        return 0, bytes(out)
+        while len(out) < size:
+            start = offset + len(out)
+            groups = [self._chunk_group(path, at, min(CHUNK, offset + size - at))
+                      for at in range(start, offset + size, CHUNK)]
+            for group, results in zip(groups, self.run_groups(groups), strict=True):
+                err, data, ended = _chunk_result(group, results)
+                if err:
+                    return err, bytes(out)
+                out += data
+                if ended:
+                    return 0, bytes(out[:size])
+                if len(out) != _chunk_end(group) - offset:
+                    break  # a short step: go on from where it stopped
+        return 0, bytes(out[:size])
+
+    def _chunk_group(self, path: bytes, at: int, size: int) -> list[GuestCall]:
+        group = [GuestCall("openat", [value(AT_FDCWD), *path_in(path),
+                                      value(O_RDONLY | O_CLOEXEC)], stop_on_error=True),
+                 GuestCall("lseek", [result_of(0), value(at), value(SEEK_SET)],
+                           stop_on_error=True)]
+        for step in range(0, size, READ_STEP):
+            n = min(READ_STEP, size - step)
+            group.append(GuestCall("read", [result_of(0), buffer_out(n), value(n)], trim=True))
+        group.append(GuestCall("close", [result_of(0)]))
+        return group
 
     def read_rest(self, path: bytes, start: int, limit: int) -> tuple[int, bytes]:
         """The rest of a file read from START to its end (pseudo-files: /proc, /sys)."""
-        out = bytearray()
-        while len(out) < limit:
-            err, part = self.read_range(path, start + len(out), CHUNK)
-            if err:
-                return err, bytes(out)
-            out += part
-            if len(part) < CHUNK:
-                break
-        return 0, bytes(out)
+        return self.read_range(path, start, limit)
 
     def write_back(self, path: bytes, data: bytes, offset: int, truncate: int | None,
                    append: bool) -> int:

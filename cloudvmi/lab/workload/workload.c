@@ -11,8 +11,8 @@
  *   workload fds N DIR    holds N descriptors of every kind: files (some deleted, at chosen
  *                         offsets, with odd names), directories, pipes, eventfd, epoll,
  *                         timerfd, signalfd, inotify, memfd, /dev/null, duplicates
- *   workload net PORT     TCP listeners on PORT..PORT+3 (IPv4 and IPv6, any and loopback),
- *                         100 established loopback connections (both ends held), UDP
+ *   workload net PORT [N] TCP listeners on PORT..PORT+3 (IPv4 and IPv6, any and loopback),
+ *                         N (100) established loopback connections (both ends held), UDP
  *                         sockets, UNIX stream, datagram and seqpacket sockets (named,
  *                         abstract, unnamed pairs)
  */
@@ -335,7 +335,7 @@ static int udp(int family, const char *address, int port)
 	return s;
 }
 
-static int net(int port)
+static int net(int port, int connections)
 {
 	int any4 = tcp_listener(AF_INET, "0.0.0.0", port);
 	int lo4 = tcp_listener(AF_INET, "127.0.0.1", port + 1);
@@ -344,7 +344,7 @@ static int net(int port)
 	int pair[2], u;
 	if (any4 < 0 || lo4 < 0 || any6 < 0 || lo6 < 0)
 		return 1;
-	for (int i = 0; i < 100; i++) { /* both ends held: 200 established sockets */
+	for (int i = 0; i < connections; i++) { /* both ends held: 2N established sockets */
 		int family = i % 2 ? AF_INET6 : AF_INET;
 		int listener = i % 4 == 3 ? any6 : i % 2 ? lo6 : lo4;
 		const char *to = i % 4 == 3 ? "::ffff:127.0.0.1" : i % 2 ? "::1" : "127.0.0.1";
@@ -385,7 +385,7 @@ int main(int argc, char **argv)
 	if (argc >= 4 && !strcmp(argv[1], "fds"))
 		return fds(atoi(argv[2]), argv[3]);
 	if (argc >= 3 && !strcmp(argv[1], "net"))
-		return net(atoi(argv[2]));
+		return net(atoi(argv[2]), argc >= 4 ? atoi(argv[3]) : 100);
 	if (argc >= 2 && !strcmp(argv[1], "counter"))
 		return counter();
 	if (argc >= 3 && !strcmp(argv[1], "sentinel"))
@@ -398,6 +398,6 @@ int main(int argc, char **argv)
 		return counter();
 	}
 	fprintf(stderr, "usage: workload threads N | files DIR | listen PORT | counter | user UID | "
-		"sentinel FILE | signals FILE | fds N DIR | net PORT\n");
+		"sentinel FILE | signals FILE | fds N DIR | net PORT [N]\n");
 	return 64;
 }
