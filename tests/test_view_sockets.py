@@ -131,8 +131,9 @@ def test_workload_sockets(viewed_sockets):
     assert mapped and all(s.family == "ipv6" and s.remote_address == "::ffff:127.0.0.1"
                           for s in mapped)
     unix = {(s.type, s.state, s.path) for s in result.items if s.protocol == "unix"}
-    assert {("stream", "LISTEN", "/run/wl.sock"), ("stream", "LISTEN", "@wl-abstract"),
-            ("dgram", "UNCONN", "/run/wl.dgram"), ("seqpacket", "LISTEN", "/run/wl.seq")} <= unix
+    assert {("stream", "LISTEN", "/run/wl-9000.sock"), ("stream", "LISTEN", "@wl-9000"),
+            ("dgram", "UNCONN", "/run/wl-9000.dgram"),
+            ("seqpacket", "LISTEN", "/run/wl-9000.seq")} <= unix
 
 
 def test_unix_peers(viewed_sockets):
@@ -143,7 +144,7 @@ def test_unix_peers(viewed_sockets):
     pairs = [s for s in unix.values() if s.peer_inode and unix[s.peer_inode].peer_inode == s.inode
              and not s.path]
     assert len(pairs) >= 4  # a stream and a datagram socketpair, both ends
-    clients = [s for s in unix.values() if s.path == "/run/wl.sock" and s.state == "ESTAB"]
+    clients = [s for s in unix.values() if s.path == "/run/wl-9000.sock" and s.state == "ESTAB"]
     assert clients  # the accepted end of a client connection carries the listener's path
 
 

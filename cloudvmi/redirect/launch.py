@@ -8,6 +8,9 @@ host privileges (the program's guest work is done by the tracer; on the host it 
 own binaries), enters the filter and executes the program.
 
 usage: python -S -E launch.py SOCKET_FD (a SOCK_SEQPACKET socket; it exits at end of file)
+It first forks away from its parent (which exits at once), so that the tracer's process has
+no child that is not traced: the tracer waits for any child, and a launcher among them would
+keep that wait from ever ending. Its first message is its pid, in decimal.
 request: JSON {"uid", "gid", "program", "argv", "env"} with 4 descriptors (stdin, stdout,
 stderr, the control pipe); reply: the new process's pid, in decimal."""
 
@@ -29,6 +32,10 @@ class _FProg(ctypes.Structure):
 
 
 def serve(sock: socket.socket) -> None:
+    if os.fork():
+        os._exit(0)  # the parent reaps this first process; init adopts the server
+    os.setsid()
+    sock.send(str(os.getpid()).encode())
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps what it forked
     libc = ctypes.CDLL(None, use_errno=True)
     while True:

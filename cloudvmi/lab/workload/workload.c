@@ -13,8 +13,8 @@
  *                         timerfd, signalfd, inotify, memfd, /dev/null, duplicates
  *   workload net PORT [N] TCP listeners on PORT..PORT+3 (IPv4 and IPv6, any and loopback),
  *                         N (100) established loopback connections (both ends held), UDP
- *                         sockets, UNIX stream, datagram and seqpacket sockets (named,
- *                         abstract, unnamed pairs)
+ *                         sockets, UNIX stream, datagram and seqpacket sockets (named
+ *                         /run/wl-PORT.*, abstract @wl-PORT, unnamed pairs)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -359,14 +359,19 @@ static int net(int port, int connections)
 	udp(AF_INET6, "::1", port + 13);
 	if (u < 0)
 		return 1;
-	u = unix_socket(SOCK_STREAM, "/run/wl.sock", 0);
-	if (u < 0 || unix_connect(SOCK_STREAM, "/run/wl.sock", 0) < 0 ||
-	    unix_connect(SOCK_STREAM, "/run/wl.sock", 0) < 0)
+	/* UNIX names of this instance's own (another instance may run beside it) */
+	char sock[64], abstract[64], dgram[64], seq[64];
+	snprintf(sock, sizeof sock, "/run/wl-%d.sock", port);
+	snprintf(abstract, sizeof abstract, "wl-%d", port);
+	snprintf(dgram, sizeof dgram, "/run/wl-%d.dgram", port);
+	snprintf(seq, sizeof seq, "/run/wl-%d.seq", port);
+	u = unix_socket(SOCK_STREAM, sock, 0);
+	if (u < 0 || unix_connect(SOCK_STREAM, sock, 0) < 0 ||
+	    unix_connect(SOCK_STREAM, sock, 0) < 0)
 		return 1;
 	accept(u, NULL, NULL);
-	if (unix_socket(SOCK_STREAM, "wl-abstract", 1) < 0 ||
-	    unix_socket(SOCK_DGRAM, "/run/wl.dgram", 0) < 0 ||
-	    unix_socket(SOCK_SEQPACKET, "/run/wl.seq", 0) < 0)
+	if (unix_socket(SOCK_STREAM, abstract, 1) < 0 || unix_socket(SOCK_DGRAM, dgram, 0) < 0 ||
+	    unix_socket(SOCK_SEQPACKET, seq, 0) < 0)
 		return 1;
 	socketpair(AF_UNIX, SOCK_STREAM, 0, pair);
 	socketpair(AF_UNIX, SOCK_DGRAM, 0, pair);
