@@ -147,11 +147,18 @@ def test_network_views_are_the_guests(live):
     for command in ("busybox ip addr", "busybox ip route", "busybox netstat -tln",
                     "busybox md5sum /proc/net/tcp /proc/net/tcp6 /proc/net/unix"):  # > a page
         assert mine(vm, command.split()) == theirs(g, command), command
-    listening = {line.split()[3] for line in theirs(g, "busybox netstat -tln").splitlines()
-                 if line.startswith("tcp")}
-    ss = {line.split()[3] for line in mine(vm, ["ss", "-tln"]).splitlines()[1:]}
+    listening = {_endpoint(line.split()[3]) for line in
+                 theirs(g, "busybox netstat -tln").splitlines() if line.startswith("tcp")}
+    ss = {_endpoint(line.split()[3]) for line in mine(vm, ["ss", "-tln"]).splitlines()[1:]}
     assert ss == listening
     assert "lo" in mine(vm, ["ip", "-o", "link"])  # iproute2 over guest netlink
+
+
+def _endpoint(text: str) -> tuple[str, int]:
+    """netstat's "::1:9003" and ss's "[::1]:9003" (and "*" for any IPv6) alike."""
+    address, _, port = text.rpartition(":")
+    address = address.strip("[]")
+    return ("::" if address == "*" else address), int(port)
 
 
 def _host_fds() -> int:
