@@ -19,6 +19,7 @@ listen_port (a listening TCP/UDP socket the process holds), remote (a network th
 has a connection to, e.g. "10.0.0.0/8").
 """
 
+import contextlib
 import fnmatch
 import hashlib
 import ipaddress
@@ -244,8 +245,6 @@ class Guard:
               stop=None) -> None:
         """Check every interval until ROUNDS are done or STOP (an Event) is set. Each VM is
         kept open between rounds (attaching again each time would cost more than a check)."""
-        import contextlib
-
         if self.metrics:
             self.metrics.vms.set(len(targets))
         with contextlib.ExitStack() as stack:

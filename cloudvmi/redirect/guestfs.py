@@ -507,10 +507,12 @@ class GuestFS:
         time, so only a read of 0 is its end. Steps of a regular file are full, and several
         of its chunks travel in one run."""
         out = bytearray()
+        per_run = max(1, self.channel.max_bytes // (CHUNK + READ_STEP)) * CHUNK
         while len(out) < size:
             start = offset + len(out)
-            groups = [self._chunk_group(path, at, min(CHUNK, offset + size - at))
-                      for at in range(start, offset + size, CHUNK)]
+            stop = min(offset + size, start + per_run)
+            groups = [self._chunk_group(path, at, min(CHUNK, stop - at))
+                      for at in range(start, stop, CHUNK)]
             for group, results in zip(groups, self.run_groups(groups), strict=True):
                 err, data, ended = _chunk_result(group, results)
                 if err:
@@ -534,8 +536,17 @@ class GuestFS:
         return group
 
     def read_rest(self, path: bytes, start: int, limit: int) -> tuple[int, bytes]:
-        """The rest of a file read from START to its end (pseudo-files: /proc, /sys)."""
-        return self.read_range(path, start, limit)
+        """The rest of a file read from START to its end (pseudo-files: /proc, /sys), a
+        chunk at a time (read_range comes back short only at the end)."""
+        out = bytearray()
+        while len(out) < limit:
+            err, part = self.read_range(path, start + len(out), min(CHUNK, limit - len(out)))
+            if err:
+                return err, bytes(out)
+            out += part
+            if len(part) < CHUNK:
+                break
+        return 0, bytes(out)
 
     def write_back(self, path: bytes, data: bytes, offset: int, truncate: int | None,
                    append: bool) -> int:
