@@ -7,6 +7,10 @@ import click
 
 from cloudvmi.cli.output import emit_json, table
 from cloudvmi.cli.views import run_or_exit
+from cloudvmi.write.operations import CHANNEL_MODES
+
+_channel = click.option("--channel", type=click.Choice(CHANNEL_MODES), default="stop",
+                        show_default=True, help="How tar's guest calls travel (see exec).")
 
 
 @click.group()
@@ -19,7 +23,8 @@ def fim() -> None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The baseline (JSON); its content store goes beside it in OUTPUT.d/.")
-def baseline(vm: str, paths: tuple[str, ...], output: Path) -> None:
+@_channel
+def baseline(vm: str, paths: tuple[str, ...], output: Path, channel: str) -> None:
     """Record hash, size, mode, owner, type and link target of every file under PATHS."""
     from cloudvmi.apps import fim as app
     from cloudvmi.apps.targets import resolve
@@ -27,7 +32,7 @@ def baseline(vm: str, paths: tuple[str, ...], output: Path) -> None:
     def go():
         (target,) = resolve([vm])
         with target.open() as v:
-            return app.baseline(v, vm, list(paths), output)
+            return app.baseline(v, vm, list(paths), output, channel)
 
     b = run_or_exit(go)
     click.echo(f"{len(b.files)} files of {vm} recorded in {output}")
@@ -51,8 +56,9 @@ def _report(changes, as_json: bool, vm: str, events) -> None:
 @click.option("--all", "every", is_flag=True, help="Every VM of every inventory node.")
 @click.option("--events", "events_to", metavar="FILE|-", help="One JSON line per change.")
 @click.option("--json", "as_json", is_flag=True)
+@_channel
 def check(baseline_file: Path, vms: tuple[str, ...], every: bool, events_to: str | None,
-          as_json: bool) -> None:
+          as_json: bool, channel: str) -> None:
     """Report added, removed and changed files against the baseline: of the VM it was taken
     from, or of the VMs named (a golden baseline for many)."""
     from cloudvmi.apps import fim as app
@@ -66,7 +72,7 @@ def check(baseline_file: Path, vms: tuple[str, ...], every: bool, events_to: str
         found = 0
         try:
             for target, v in each(resolve(names, every)):
-                changes = app.compare(base.files, app.scan(v, base.paths))
+                changes = app.compare(base.files, app.scan(v, base.paths, channel=channel))
                 _report(changes, as_json, target.name, events)
                 found += len(changes)
         finally:
@@ -80,7 +86,8 @@ def check(baseline_file: Path, vms: tuple[str, ...], every: bool, events_to: str
 @click.argument("baseline_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("vm", required=False)
 @click.option("--path", "only", multiple=True, help="Restore only under this path (repeat).")
-def restore(baseline_file: Path, vm: str | None, only: tuple[str, ...]) -> None:
+@_channel
+def restore(baseline_file: Path, vm: str | None, only: tuple[str, ...], channel: str) -> None:
     """Write back content and metadata of changed and removed files, remove added ones."""
     from cloudvmi.apps import fim as app
     from cloudvmi.apps.targets import resolve
@@ -88,7 +95,7 @@ def restore(baseline_file: Path, vm: str | None, only: tuple[str, ...]) -> None:
     def go():
         (target,) = resolve([vm or app.Baseline.load(baseline_file).vm])
         with target.open() as v:
-            return app.restore(v, baseline_file, list(only))
+            return app.restore(v, baseline_file, list(only), channel)
 
     undone = run_or_exit(go)
     table("Restored", ["KIND", "PATH"], ((c.kind, c.path) for c in undone))
