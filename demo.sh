@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Boot a real demo guest (Debian's Linux 6.1 under QEMU) and show its processes, modules and
-# kernel from outside, with no agent inside. KEEP=1 leaves the guest running afterwards.
+# kernel from outside, with no agent inside, then its open files, network, kernel integrity,
+# host programs run against it and a hunt for hidden objects. KEEP=1 leaves it running.
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh
@@ -21,3 +22,16 @@ $cvmi sysctl "$name" kernel.hostname=changed-from-outside
 echo "written from outside" > /tmp/cloudvmi-demo.txt
 $cvmi put "$name" /tmp/cloudvmi-demo.txt /tmp/hello.txt
 $cvmi run "$name" -- /bin/sh -c 'echo "guest says: $(hostname): $(cat /tmp/hello.txt)"'
+echo
+echo "What a process holds, the network, and the kernel checked against itself, from memory:"
+$cvmi files "$name" --pid 1
+$cvmi ifaces "$name"
+$cvmi routes "$name"
+$cvmi integrity-checks "$name"
+echo
+echo "Host programs run against the guest (their system calls on guest state made inside it):"
+$cvmi exec "$name" -- uname -a
+$cvmi exec "$name" --channel persistent -- ls -la /etc
+echo
+echo "Hidden processes, modules, sockets and kernel tampering, by comparing views:"
+$cvmi hunt "$name"
