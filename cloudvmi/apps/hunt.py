@@ -13,6 +13,7 @@ only if both readings agree, so processes and connections that come and go while
 runs are not reported as hidden.
 """
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
@@ -45,11 +46,10 @@ class Memory:
     @classmethod
     def read(cls, vm) -> "Memory":
         linux = vm.linux
-        threads = linux.threads()
-        procs = linux.processes()
+        threads = linux.threads().items  # every thread, so the leaders too (tid == tgid)
         return cls(
-            task_list={t.tid: t.comm for t in threads.items},
-            leaders={p.pid for p in procs.items},
+            task_list={t.tid: t.comm for t in threads},
+            leaders={t.tid for t in threads if t.tid == t.tgid},
             pid_table={e.pid: e.comm for e in linux.pid_table().items if e.task},
             runqueues={q.pid: q.comm for q in linux.runqueues().items},
             modules={m.name for m in linux.modules().items})
@@ -131,8 +131,6 @@ def kernel(vm) -> list[Finding]:
 
 
 def _plain(obj) -> dict:
-    import dataclasses
-
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else {"value": str(obj)}
 
 

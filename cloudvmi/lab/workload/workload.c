@@ -238,27 +238,33 @@ static int fds(int n, const char *dir)
 		pause();
 }
 
-static int tcp_listener(int family, const char *address, int port)
+/* ADDRESS:PORT of FAMILY (AF_INET or AF_INET6) into A; its length. */
+static socklen_t inet_address(int family, const char *address, int port,
+			      struct sockaddr_storage *a)
 {
-	int s = socket(family, SOCK_STREAM, 0), one = 1;
-	struct sockaddr_storage a = { 0 };
-	socklen_t len;
-	if (s < 0)
-		return -1;
-	setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	memset(a, 0, sizeof *a);
 	if (family == AF_INET) {
-		struct sockaddr_in *v4 = (struct sockaddr_in *)&a;
+		struct sockaddr_in *v4 = (struct sockaddr_in *)a;
 		v4->sin_family = AF_INET;
 		v4->sin_port = htons(port);
 		inet_pton(AF_INET, address, &v4->sin_addr);
-		len = sizeof *v4;
-	} else {
-		struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&a;
-		v6->sin6_family = AF_INET6;
-		v6->sin6_port = htons(port);
-		inet_pton(AF_INET6, address, &v6->sin6_addr);
-		len = sizeof *v6;
+		return sizeof *v4;
 	}
+	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)a;
+	v6->sin6_family = AF_INET6;
+	v6->sin6_port = htons(port);
+	inet_pton(AF_INET6, address, &v6->sin6_addr);
+	return sizeof *v6;
+}
+
+static int tcp_listener(int family, const char *address, int port)
+{
+	int s = socket(family, SOCK_STREAM, 0), one = 1;
+	struct sockaddr_storage a;
+	if (s < 0)
+		return -1;
+	setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	socklen_t len = inet_address(family, address, port, &a);
 	if (bind(s, (struct sockaddr *)&a, len) || listen(s, 128))
 		return -1;
 	return s;
@@ -267,21 +273,8 @@ static int tcp_listener(int family, const char *address, int port)
 static int tcp_connect(int family, const char *address, int port)
 {
 	int s = socket(family, SOCK_STREAM, 0);
-	struct sockaddr_storage a = { 0 };
-	socklen_t len;
-	if (family == AF_INET) {
-		struct sockaddr_in *v4 = (struct sockaddr_in *)&a;
-		v4->sin_family = AF_INET;
-		v4->sin_port = htons(port);
-		inet_pton(AF_INET, address, &v4->sin_addr);
-		len = sizeof *v4;
-	} else {
-		struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&a;
-		v6->sin6_family = AF_INET6;
-		v6->sin6_port = htons(port);
-		inet_pton(AF_INET6, address, &v6->sin6_addr);
-		len = sizeof *v6;
-	}
+	struct sockaddr_storage a;
+	socklen_t len = inet_address(family, address, port, &a);
 	if (s < 0 || connect(s, (struct sockaddr *)&a, len))
 		return -1;
 	return s;
@@ -315,21 +308,8 @@ static int unix_connect(int type, const char *path, int abstract)
 static int udp(int family, const char *address, int port)
 {
 	int s = socket(family, SOCK_DGRAM, 0);
-	struct sockaddr_storage a = { 0 };
-	socklen_t len;
-	if (family == AF_INET) {
-		struct sockaddr_in *v4 = (struct sockaddr_in *)&a;
-		v4->sin_family = AF_INET;
-		v4->sin_port = htons(port);
-		inet_pton(AF_INET, address, &v4->sin_addr);
-		len = sizeof *v4;
-	} else {
-		struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&a;
-		v6->sin6_family = AF_INET6;
-		v6->sin6_port = htons(port);
-		inet_pton(AF_INET6, address, &v6->sin6_addr);
-		len = sizeof *v6;
-	}
+	struct sockaddr_storage a;
+	socklen_t len = inet_address(family, address, port, &a);
 	if (s < 0 || bind(s, (struct sockaddr *)&a, len))
 		return -1;
 	return s;

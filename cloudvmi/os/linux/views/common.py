@@ -26,6 +26,34 @@ class ViewResult(Generic[T]):
         return len(self.items)
 
 
+class Problems:
+    """What went wrong while a view walked hostile memory, for `ViewResult.partial`: the
+    first SHOWN reasons named, the rest counted (with UNIQUE, a repeated reason once).
+    Views' walk states inherit it: `walk.problem("...")`, then `walk.partial`."""
+
+    def __init__(self, shown: int = 8, unique: bool = False) -> None:
+        self.reasons: list[str] = []
+        self.problem_count = 0
+        self._shown = shown
+        self._seen: set[str] | None = set() if unique else None
+
+    def problem(self, reason: str) -> None:
+        if self._seen is not None:
+            if reason in self._seen:
+                return
+            self._seen.add(reason)
+        self.problem_count += 1
+        if len(self.reasons) < self._shown:
+            self.reasons.append(reason)
+
+    @property
+    def partial(self) -> str | None:
+        if not self.problem_count:
+            return None
+        more = self.problem_count - len(self.reasons)
+        return "; ".join(self.reasons) + (f" (and {more} more)" if more else "")
+
+
 class ListWalkError(Exception):
     """A kernel list did not lead back to its head: cycle, bad pointer or too long."""
 

@@ -17,7 +17,7 @@ from cloudvmi.errors import GuestMemoryError
 from cloudvmi.os.linux.btf import MemberNotFound
 from cloudvmi.os.linux.kernel import LinuxKernel
 from cloudvmi.os.linux.records import Record
-from cloudvmi.os.linux.views.common import ViewResult
+from cloudvmi.os.linux.views.common import Problems, ViewResult
 from cloudvmi.os.linux.views.processes import (
     PF_KTHREAD,
     PathCache,
@@ -180,32 +180,22 @@ class FileReader:
         return self.direct_map[0] <= address < self.direct_map[1] and not address & 7
 
 
-class _Scan:
+class _Scan(Problems):
     """One view call: what processes share (struct files after fork, directories, mounts,
     d_dname functions) is read once, and the problems met are collected."""
 
     def __init__(self, reader: FileReader, sockets_only: bool = False) -> None:
+        super().__init__(MAX_REASONS)
         self.reader = reader
         self.kernel = reader.tasks.kernel
         self.paths = PathCache(reader.tasks)
         self.infos: dict[int, _Info] = {}
         self.dnames: dict[int, int] = {}
         self.sockets_only = sockets_only
-        self.reasons: list[str] = []
         self.bad = 0
         self.count = 0
         self.slots = 0
         self.stopped = False  # a whole-call bound was hit
-
-    def problem(self, reason: str) -> None:
-        self.reasons.append(reason)
-
-    def partial(self) -> str | None:
-        if not self.reasons:
-            return None
-        shown = "; ".join(self.reasons[:MAX_REASONS])
-        more = len(self.reasons) - MAX_REASONS
-        return shown + (f"; and {more} more" if more > 0 else "")
 
     # -- descriptor tables -------------------------------------------------------------------
     def table(self, pid: int, files: int) -> Iterator[tuple[int, int, bool]]:
@@ -404,7 +394,7 @@ def open_files(kernel: LinuxKernel, pid: int | None = None,
         result.items.extend(scan.process(t["pid"], t["files"]))
         if scan.stopped:
             break
-    reasons = [r for r in (partial, scan.partial()) if r]
+    reasons = [r for r in (partial, scan.partial) if r]
     result.partial = "; ".join(reasons) or None
     return result
 

@@ -57,7 +57,7 @@ from cloudvmi.capability import Column, view
 from cloudvmi.errors import CloudVMIError, GuestMemoryError
 from cloudvmi.os.linux.kernel import LinuxKernel
 from cloudvmi.os.linux.records import Record, cstring
-from cloudvmi.os.linux.views.common import ListWalkError, ViewResult, list_nodes
+from cloudvmi.os.linux.views.common import ListWalkError, Problems, ViewResult, list_nodes
 from cloudvmi.os.linux.views.modules import STATES, ModuleReader, modules
 
 HIGH, MEDIUM, INFO = "high", "medium", "info"
@@ -321,12 +321,12 @@ def _module_symbol(kernel: LinuxKernel, m: _Module, address: int) -> str | None:
 
 # -- the run's shared state ------------------------------------------------------------------
 
-class _Run:
+class _Run(Problems):
     def __init__(self, kernel: LinuxKernel) -> None:
+        super().__init__(MAX_PROBLEMS, unique=True)
         self.kernel = kernel
         self.symbols = kernel.symbols
         self.report = IntegrityReport()
-        self.problems: list[str] = []
         self.modules: dict[int, _Module] = {}
         self.places = _Places(kernel, [])
         self.kset_kobjects = 0  # kobjects walked in module_kset
@@ -339,11 +339,6 @@ class _Run:
     def in_trampoline(self, address: int) -> bool:
         return any(lo <= address < hi for lo, hi in self.trampolines)
 
-    def problem(self, reason: str) -> None:
-        """Part of a check could not be completed: the result is partial, and says why."""
-        if reason not in self.problems:
-            self.problems.append(reason)
-
     def find(self, check: str, subject: str, address: int, expected: str, actual: str,
              severity: str, detail: str) -> None:
         self.report.findings.append(Finding(check, subject, address, expected, actual,
@@ -354,9 +349,7 @@ class _Run:
                                          len(self.report.findings) - before, covers))
 
     def finish(self) -> IntegrityReport:
-        shown = self.problems[:MAX_PROBLEMS]
-        more = len(self.problems) - len(shown)
-        self.report.partial = "; ".join(shown + ([f"and {more} more"] if more else [])) or None
+        self.report.partial = self.partial
         return self.report
 
 

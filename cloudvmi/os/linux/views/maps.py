@@ -21,7 +21,7 @@ from cloudvmi.errors import GuestMemoryError, ProfileError
 from cloudvmi.os.linux.btf import Kind
 from cloudvmi.os.linux.kernel import LinuxKernel
 from cloudvmi.os.linux.records import Record
-from cloudvmi.os.linux.views.common import ViewResult
+from cloudvmi.os.linux.views.common import Problems, ViewResult
 from cloudvmi.os.linux.views.processes import PF_KTHREAD, PathCache, TaskReader, find_task
 
 # Bounds on walks over guest structures (hostile input): far above any real guest.
@@ -186,11 +186,12 @@ class MapReader:
         self.byteorder = "little" if btf.endian == "<" else "big"
 
 
-class _Walk:
+class _Walk(Problems):
     """One maps() call: what was read (files, superblocks, ops tables are shared by many
     VMAs), and the problems met, for `partial`."""
 
     def __init__(self, reader: MapReader) -> None:
+        super().__init__(MAX_REASONS)
         self.reader = reader
         self.kernel = reader.kernel
         self.paths = PathCache(reader.tasks)
@@ -198,20 +199,6 @@ class _Walk:
         self.devices: dict[int, int] = {}
         self.op_names: dict[int, int] = {}
         self.dname_of: dict[int, int] = {}
-        self.problems: list[str] = []
-        self.lost = 0
-
-    def problem(self, text: str) -> None:
-        self.lost += 1
-        if len(self.problems) < MAX_REASONS:
-            self.problems.append(text)
-
-    @property
-    def partial(self) -> str | None:
-        if not self.problems:
-            return None
-        more = self.lost - len(self.problems)
-        return "; ".join(self.problems) + (f" (and {more} more)" if more else "")
 
 
 def _maple_vmas(walk: _Walk, root: int) -> list[tuple[int, int, int]]:

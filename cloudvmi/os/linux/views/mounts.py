@@ -19,7 +19,7 @@ from cloudvmi.errors import GuestMemoryError, ProfileError
 from cloudvmi.os.linux.btf import Kind
 from cloudvmi.os.linux.kernel import LinuxKernel
 from cloudvmi.os.linux.records import Record
-from cloudvmi.os.linux.views.common import ListWalkError, ViewResult, list_nodes
+from cloudvmi.os.linux.views.common import ListWalkError, Problems, ViewResult, list_nodes
 from cloudvmi.os.linux.views.processes import PathCache, TaskReader, task_addresses
 
 # Bounds on walks over guest structures (hostile input): far above any real guest.
@@ -135,31 +135,18 @@ class MountReader:
         self.fs_type = Record(btf, "file_system_type", {"name": "name"})
 
 
-class _Walk:
+class _Walk(Problems):
     """One mounts() call: what was read (superblocks, filesystem types, mounts by address)
     and the problems met, for `partial`."""
 
     def __init__(self, reader: MountReader) -> None:
+        super().__init__(MAX_REASONS)
         self.reader = reader
         self.kernel = reader.kernel
         self.paths = PathCache(reader.tasks)
         self.mounts: dict[int, dict] = {}
         self.sbs: dict[int, tuple[int, int, str]] = {}
-        self.problems: list[str] = []
-        self.lost = 0
         self.count = 0
-
-    def problem(self, text: str) -> None:
-        self.lost += 1
-        if len(self.problems) < MAX_REASONS:
-            self.problems.append(text)
-
-    @property
-    def partial(self) -> str | None:
-        if not self.problems:
-            return None
-        more = self.lost - len(self.problems)
-        return "; ".join(self.problems) + (f" (and {more} more)" if more else "")
 
     def mount(self, address: int) -> dict:
         m = self.mounts.get(address)

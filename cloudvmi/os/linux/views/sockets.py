@@ -22,7 +22,7 @@ from cloudvmi.errors import CloudVMIError, GuestMemoryError, ProfileError
 from cloudvmi.os.linux.btf import Kind
 from cloudvmi.os.linux.kernel import LinuxKernel
 from cloudvmi.os.linux.records import Record
-from cloudvmi.os.linux.views.common import ListWalkError, ViewResult, list_nodes
+from cloudvmi.os.linux.views.common import ListWalkError, Problems, ViewResult, list_nodes
 from cloudvmi.os.linux.views.files import files
 
 # Bounds on walks over guest structures (hostile input): far above any real guest.
@@ -244,36 +244,23 @@ class _ChainError(Exception):
     """A chain that loops, runs too long or leaves readable memory."""
 
 
-class _Walk:
+class _Walk(Problems):
     """One pass over every socket table: the sockets found, the bucket arrays walked (a
     table shared by namespaces is walked once), the namespaces by struct net, and what
     went wrong."""
 
     def __init__(self, reader: SocketReader) -> None:
+        super().__init__(MAX_REASONS)
         self.reader = reader
         self.kernel = reader.kernel
         self.items: list[Socket] = []
         self.seen: set[int] = set()
         self.walked: set[int] = set()  # bucket arrays already walked
         self.netns: dict[int, int] = {}
-        self.reasons: list[str] = []
-        self.problems = 0
         self.full = False
         self.uids: dict[int, int] = {}  # listener -> uid, for its request sockets
         self.init_net = self.kernel.symbols.get("init_net", 0)  # sk_net without CONFIG_NET_NS
         self.peers: dict[int, int] = {}  # UNIX socket -> its peer's struct sock
-
-    def problem(self, reason: str) -> None:
-        self.problems += 1
-        if len(self.reasons) < MAX_REASONS:
-            self.reasons.append(reason)
-
-    @property
-    def partial(self) -> str | None:
-        if not self.problems:
-            return None
-        more = self.problems - len(self.reasons)
-        return "; ".join(self.reasons) + (f" (and {more} more)" if more > 0 else "")
 
     def namespace(self, net: int) -> int:
         """The inode number of the namespace at NET (read once, for a namespace the list
