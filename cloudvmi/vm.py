@@ -45,8 +45,9 @@ class VM:
 
     def __init__(self, name: str, phys: PhysicalMemory, qmp: QMP | None = None,
                  dump: DumpInfo | None = None, profile_cache: Path | None = None,
-                 gdb_address: tuple[str, int] | None = None) -> None:
+                 gdb_address: tuple[str, int] | None = None, symbols: str | None = None) -> None:
         self.name = name
+        self.symbols = symbols  # kernel types for a guest without BTF: file or directory
         self.phys = phys
         self.qmp = qmp
         self.dump = dump
@@ -282,9 +283,17 @@ def default_profile_cache() -> Path:
 
 
 def attach(target: str, writable: bool = False, profile_cache: Path | None | str = "default",
-           finders: list[str] | None = None) -> VM:
+           finders: list[str] | None = None, symbols: str | None = None) -> VM:
     """Attach to TARGET: a QMP socket path, a memory dump file, or a VM name a finder knows
-    (a lab guest's name)."""
+    (a lab guest's name). SYMBOLS: where the types of a kernel without BTF are (a BTF file,
+    an ISF, a vmlinux or a directory of them), before $CLOUDVMI_SYMBOLS and the settings."""
+    vm = _attach(target, writable, profile_cache, finders)
+    vm.symbols = symbols
+    return vm
+
+
+def _attach(target: str, writable: bool, profile_cache: Path | None | str,
+            finders: list[str] | None) -> VM:
     cache = default_profile_cache() if profile_cache == "default" else (
         Path(profile_cache) if profile_cache else None)
     path = Path(target)

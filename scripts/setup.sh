@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(qemu-system-x86 busybox-static cpio gcc libc6-dev dpkg-dev iproute2 procps coreutils passwd ca-certificates)
+packages=(qemu-system-x86 busybox-static cpio gcc libc6-dev dpkg-dev iproute2 procps coreutils passwd ca-certificates dwarves xz-utils)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

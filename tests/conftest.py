@@ -5,13 +5,14 @@ import uuid
 from pathlib import Path
 
 import pytest
+from matrix import KERNELS
 
 from cloudvmi.lab import guest as lab
 
 # Fixtures that boot real lab guests (or capture images from them): a test that uses one,
 # directly or through another fixture, is marked `guest`, so `-m "not guest"` selects the
 # fast subset truthfully.
-VIEW_KERNELS = ["5.10", "6.1", "6.12"]
+VIEW_KERNELS = KERNELS
 CORPUS_ENV = "CLOUDVMI_VIEW_CORPUS"  # a folder of VERSION/{guest.elf,guest.raw,truth/}
 BOOTING = {"live", "variant", "fleet", "setup", "guest", "guest_images", "viewed", "seen"}
 
@@ -61,7 +62,7 @@ def guest_images(tmp_path_factory):
 
     def get(version: str):
         if version not in made:
-            if corpus:  # a kept image (tests/truth.py): its RAM and dump, no own view
+            if corpus and (Path(corpus) / version).is_dir():  # a kept image (tests/truth.py)
                 for kind in ("raw", "elf"):
                     (root / f"{version}.{kind}").symlink_to(
                         Path(corpus) / version / f"guest.{kind}")
@@ -93,7 +94,7 @@ def viewed(tmp_path_factory, profile_dir):
         if version in made:
             return made[version]
         corpus = os.environ.get(CORPUS_ENV)
-        if corpus:
+        if corpus and (Path(corpus) / version).is_dir():
             root = Path(corpus) / version
             made[version] = (attach(str(root / "guest.elf"), profile_cache=profile_dir),
                              root / "truth")

@@ -5,6 +5,7 @@ import struct
 import time
 
 import pytest
+from matrix import KERNELS
 
 from cloudvmi.errors import ProfileError
 from cloudvmi.os.linux.btf import (
@@ -420,7 +421,7 @@ def test_locate_btf_prefers_largest_clean_blob():
 EXPECTED_61 = {"tasks": 2192, "pid": 2416, "comm": 2976, "mm": 2272}  # pahole, 6.1.0-56
 
 
-@pytest.mark.parametrize("version", ["5.10", "6.1", "6.12"])
+@pytest.mark.parametrize("version", KERNELS)
 def test_real_dump(version, capsys, guest_images):
     path = guest_images(version) / f"{version}.raw"
     from cloudvmi.memory.mapped import MappedFileMemory

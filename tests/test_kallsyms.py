@@ -9,16 +9,20 @@ from itertools import accumulate
 from pathlib import Path
 
 import pytest
+from matrix import KERNELS
 
 from cloudvmi.errors import ProfileError
 from cloudvmi.memory.base import PhysicalMemory, Region
 from cloudvmi.os.linux.kallsyms import ANCHOR, Kallsyms, find_kallsyms
+from cloudvmi.os.linux.vmcoreinfo import find_vmcoreinfo
 
 KBASE = 0xFFFFFFFF9A000000  # a KASLR-slid _text
 OLD = ["offsets", "relative_base", "num_syms", "names", "markers", "seqs", "token_table",
        "token_index"]
 NEW = ["num_syms", "names", "markers", "token_table", "token_index", "offsets",
        "relative_base", "seqs"]
+NEWEST = ["num_syms", "names", "markers", "token_table", "token_index", "offsets", "seqs"]
+TABLE_VIRT = KBASE + 0x1234560  # where a place-relative (7.x) kallsyms_offsets is linked
 
 
 class BytesMemory(PhysicalMemory):
@@ -92,7 +96,8 @@ def _encode(s: str, pairmap: dict[str, int]) -> bytes:
 
 
 def build_tables(syms, order=OLD, seqs_width=4, abs_percpu=True, align=8, base=KBASE):
-    """The kallsyms tables as scripts/kallsyms.c lays them out: (blob, offsets of each table)."""
+    """The kallsyms tables as scripts/kallsyms.c lays them out: (blob, offsets of each table).
+    Without relative_base in ORDER, offsets are place-relative to TABLE_VIRT (7.x)."""
     full = [t + name for _, t, name in syms]
     tokens, pairmap = _tokens(full)
     names, markers = bytearray(), []
@@ -110,6 +115,8 @@ def build_tables(syms, order=OLD, seqs_width=4, abs_percpu=True, align=8, base=K
         relbase = syms[0][0]
         offs = [a - relbase for a, _, _ in syms]
     slide = base - KBASE
+    if "relative_base" not in order:
+        offs = [a - (TABLE_VIRT + 4 * i) for i, (a, _, _) in enumerate(syms)]
     seqs = sorted(range(len(syms)), key=lambda i: (syms[i][2], syms[i][0]))
     seq_bytes = (b"".join(struct.pack(">I", s)[1:] for s in seqs) if seqs_width == 3
                  else struct.pack(f"<{len(seqs)}I", *seqs))
@@ -168,6 +175,18 @@ def test_every_layout_decodes(order, seqs_width, abs_percpu):
     found = find_kallsyms(mem)
     expect(found, syms)
     assert found.table_paddr == 0x23458 + where["token_table"]
+
+
+@pytest.mark.parametrize("seqs_width", [0, 4])
+def test_place_relative_layout_decodes(seqs_width):
+    """7.x: no relative_base; each entry is relative to itself. The table's own virtual
+    address is unknown from RAM, so addresses come relative to it until rebased."""
+    syms = make_symbols(percpu=False)
+    blob, where = build_tables(syms, NEWEST, seqs_width, abs_percpu=False)
+    found = find_kallsyms(BytesMemory(image(blob)))
+    assert found.relative_to == 0x23458 + where["offsets"]
+    expect(found.rebased(TABLE_VIRT), syms)
+    assert found.rebased(TABLE_VIRT).relative_to is None
 
 
 @pytest.mark.parametrize("align", [1, 4])
@@ -360,6 +379,14 @@ def _truth(images: Path, ver: str) -> list[tuple[int, str, str]]:
     return out
 
 
+def _absolute(mem, found: Kallsyms) -> Kallsyms:
+    """A place-relative (7.x) table placed where the kernel's VMCOREINFO says it is linked."""
+    if found.relative_to is None:
+        return found
+    info = next(find_vmcoreinfo(mem))
+    return found.rebased(info.symbol("kallsyms_offsets"))
+
+
 def _compare(found: Kallsyms, truth) -> None:
     got = list(zip(found.addresses, found.types, found.names, strict=True))
     missing = set(truth) - set(got)
@@ -367,7 +394,7 @@ def _compare(found: Kallsyms, truth) -> None:
     assert got == truth  # same order too: /proc/kallsyms walks the table in order
 
 
-@pytest.mark.parametrize("ver", ["5.10", "6.1", "6.12"])
+@pytest.mark.parametrize("ver", KERNELS)
 def test_real_dumps_match_proc_kallsyms(ver, guest_images):
     from cloudvmi.memory.mapped import MappedFileMemory
 
@@ -375,10 +402,10 @@ def test_real_dumps_match_proc_kallsyms(ver, guest_images):
     mem = MappedFileMemory(images / f"{ver}.raw")
     try:
         start = time.perf_counter()
-        found = find_kallsyms(mem)
+        found = _absolute(mem, find_kallsyms(mem))
         cold = time.perf_counter() - start
         start = time.perf_counter()
-        warm = find_kallsyms(mem, hint=found.table_paddr)
+        warm = _absolute(mem, find_kallsyms(mem, hint=found.table_paddr))
         decode = time.perf_counter() - start
         print(f"\n{ver}: {len(found)} symbols, scan+decode {cold:.3f}s, "
               f"decode with hint {decode:.3f}s")
@@ -392,13 +419,13 @@ def test_real_dumps_match_proc_kallsyms(ver, guest_images):
         mem.close()
 
 
-@pytest.mark.parametrize("ver", ["5.10", "6.1", "6.12"])
+@pytest.mark.parametrize("ver", KERNELS)
 def test_real_elf_dumps(ver, guest_images):
     from cloudvmi.memory.elfdump import open_elf_dump
 
     images = guest_images(ver)
     mem, _ = open_elf_dump(images / f"{ver}.elf")
     try:
-        _compare(find_kallsyms(mem), _truth(images, ver))
+        _compare(_absolute(mem, find_kallsyms(mem)), _truth(images, ver))
     finally:
         mem.close()

@@ -1,5 +1,5 @@
-"""The same views on other guest shapes: cloud kernels, 4-level paging, RAM split around the
-PCI hole, several vCPUs, and a QEMU without a shared-memory file (/proc/<pid>/mem)."""
+"""The same views on other guest shapes: cloud and real-time kernels, 4-level paging, RAM split
+around the PCI hole, several vCPUs, and a QEMU without a shared-memory file (/proc/<pid>/mem)."""
 
 import uuid
 
@@ -19,6 +19,7 @@ VARIANTS = [
     pytest.param(("6.1", "cloud", {"shm": False}), id="6.1-cloud-procmem"),
     pytest.param(("5.10", "cloud", {}), id="5.10-cloud"),
     pytest.param(("6.12", "cloud", {"paging": 4}), id="6.12-cloud-4level"),
+    pytest.param(("7.2", "rt", {"smp": 2}), id="7.2-rt-smp2"),  # PREEMPT_RT, split packages
 ]
 
 

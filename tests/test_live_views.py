@@ -8,13 +8,12 @@ import time
 import uuid
 
 import pytest
+from matrix import KERNELS
 
 from cloudvmi.lab import guest as lab
 from cloudvmi.vm import attach
 
 import oracle
-
-KERNELS = ["5.10", "6.1", "6.12"]
 
 
 @pytest.fixture(scope="module", params=KERNELS)

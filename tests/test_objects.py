@@ -4,6 +4,7 @@ import struct
 import time
 
 import pytest
+from matrix import KERNELS
 from test_btf import kernel_like
 
 from cloudvmi.errors import GuestMemoryError, UnmappedAddress, WalkLimit
@@ -256,7 +257,7 @@ class KernelSpace:
         raise UnmappedAddress(vaddr)
 
 
-@pytest.mark.parametrize("version", ["5.10", "6.1", "6.12"])
+@pytest.mark.parametrize("version", KERNELS)
 def test_real_task_list(version, capsys, guest_images):
     images = guest_images(version)
     raw, syms_path, ps = (images / f"{version}.{x}" for x in ("raw", "kallsyms", "ps"))

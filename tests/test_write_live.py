@@ -9,6 +9,7 @@ import time
 import uuid
 
 import pytest
+from matrix import WRITABLE
 
 from cloudvmi.errors import CloudVMIError
 from cloudvmi.lab import guest as lab
@@ -17,10 +18,8 @@ from cloudvmi.write.errors import GuestOSError, InjectionTimeout, TargetExited
 
 import oracle
 
-KERNELS = ["6.1", "6.12"]
 
-
-@pytest.fixture(scope="module", params=KERNELS)
+@pytest.fixture(scope="module", params=WRITABLE)
 def live(request, profile_dir):
     g = lab.up(f"wr{uuid.uuid4().hex[:6]}-{request.param.replace('.', '')}",
                kernel=request.param)

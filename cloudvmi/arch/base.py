@@ -58,6 +58,9 @@ class Arch:
     kernel_align: int  # physical load-address alignment of the kernel image
     direct_map: dict[int, int]  # default direct-map base per paging depth
     thread_size: int  # kernel stack size (a pt_regs frame sits at its top)
+    # (virtual - physical) of the kernel image from VMCOREINFO's numbers and symbols (a lookup
+    # of NUMBER(name)); None when the note lacks what this architecture needs
+    image_offset: Callable[[Callable[[str], int | None]], int | None]
     kernel_space: int  # addresses at or above this are the kernel's
     # Registers
     saved_registers: tuple[str, ...]  # those an injection may change and must put back

@@ -8,7 +8,7 @@ import click
 from cloudvmi.cli.output import console, emit_json, error, table
 from cloudvmi.errors import CloudVMIError
 from cloudvmi.lab import guest as lab_guest
-from cloudvmi.lab.kernels import FLAVOURS, SUITES
+from cloudvmi.lab.kernels import FLAVOURS
 
 
 def _fail(exc: Exception) -> None:
@@ -23,7 +23,8 @@ def lab() -> None:
 
 @lab.command()
 @click.argument("name")
-@click.option("--kernel", type=click.Choice(list(SUITES)), default="6.1", show_default=True)
+@click.option("--kernel", default="6.1", show_default=True,
+              help="Debian kernel: a version (5.10, 6.1, 7.2, …) or a suite (unstable).")
 @click.option("--flavour", type=click.Choice(list(FLAVOURS)), default="generic", show_default=True)
 @click.option("--mem", default="256M", show_default=True, help="Guest RAM, e.g. 256M or 4G.")
 @click.option("--smp", default=1, show_default=True, help="Number of vCPUs.")

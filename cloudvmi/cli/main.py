@@ -1,6 +1,8 @@
 """The `cloudvmi` command: every view of the registry as a command (`cloudvmi ps VM`), the
 guest operations, the fleet, the agent and the lab."""
 
+import os
+
 import click
 
 from cloudvmi.cli.output import emit_json, table
@@ -28,11 +30,18 @@ class Commands(click.Group):
 
 @click.group(cls=Commands)
 @click.version_option(package_name="cloudvmi")
-def main() -> None:
+@click.option("--symbols", metavar="PATH", help="Types for guest kernels built without BTF: "
+              "a BTF file, a Volatility 3 ISF, a vmlinux, or a directory of them "
+              "(also $CLOUDVMI_SYMBOLS).")
+def main(symbols: str | None) -> None:
     """CloudVMI: introspect and change QEMU/KVM guests from outside, with no agent inside.
 
     VM is a lab guest's name, a QMP socket path, a memory dump file, or VM@NODE.
     """
+    if symbols:  # every command of this process, the agent's included, looks there first
+        from cloudvmi.os.linux.typesource import ENV
+
+        os.environ[ENV] = os.pathsep.join(filter(None, (symbols, os.environ.get(ENV))))
 
 
 @main.command()

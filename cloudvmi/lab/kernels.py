@@ -3,6 +3,7 @@
 import lzma
 import re
 import shutil
+import struct
 import subprocess
 import tarfile
 from dataclasses import dataclass
@@ -11,8 +12,12 @@ from pathlib import Path
 from cloudvmi.errors import CloudVMIError, MissingDependency
 from cloudvmi.lab.paths import sub
 
-SUITES = {"5.10": "bullseye", "6.1": "bookworm", "6.12": "trixie"}
-FLAVOURS = {"generic": "amd64", "cloud": "cloud-amd64"}
+# Suites whose kernels the lab can boot, oldest first. A kernel is asked for by version
+# prefix ("6.1", "7.2") or by suite name ("bookworm", "unstable"): nothing here names a
+# kernel version, so the next upload to unstable is bootable the day it lands.
+SUITES = ("bullseye", "bookworm", "trixie", "unstable")
+ALIASES = {"sid": "unstable"}
+FLAVOURS = {"generic": "amd64", "cloud": "cloud-amd64", "rt": "rt-amd64"}
 MIRROR = "http://deb.debian.org/debian"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # Modules the lab guest loads: small, dependency-free, present in every flavour.
@@ -48,7 +53,7 @@ def _apt_root() -> Path:
     (root / "lists" / "partial").mkdir(parents=True, exist_ok=True)
     (root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
     sources = "".join(
-        f"deb [signed-by={KEYRING}] {MIRROR} {suite} main\n" for suite in SUITES.values()
+        f"deb [signed-by={KEYRING}] {MIRROR} {suite} main\n" for suite in SUITES
     )
     lst = root / "sources.list"
     if not lst.exists() or lst.read_text() != sources:
@@ -69,44 +74,87 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
     return proc.stdout
 
 
-def resolve_package(version: str, flavour: str) -> str:
-    """The versioned image package the suite's meta-package points at (newest ABI)."""
-    if version not in SUITES:
-        raise CloudVMIError(f"unknown lab kernel {version!r}; choose from {', '.join(SUITES)}")
-    if flavour not in FLAVOURS:
-        raise CloudVMIError(f"unknown flavour {flavour!r}; choose from {', '.join(FLAVOURS)}")
+def _meta_stanzas(flavour: str) -> list[tuple[str, str, list[str]]]:
+    """(version, suite, depends) of every linux-image-FLAVOUR meta-package apt knows."""
     root = _apt_root()
     meta = f"linux-image-{FLAVOURS[flavour]}"
+    policy = _run(["apt-cache", *_apt_options(root), "madison", meta], "look up kernel packages")
+    suite_of = {}
+    for line in policy.splitlines():  # "pkg | version | mirror suite/main amd64 Packages"
+        cols = [c.strip() for c in line.split("|")]
+        if len(cols) >= 3:
+            found = re.search(r"\s(\S+?)/main", " " + cols[2])
+            if found:
+                suite_of[cols[1]] = found.group(1)
     out = _run(["apt-cache", *_apt_options(root), "show", meta], "look up kernel packages")
-    prefix = re.escape(version) + r"[.\-+]"
+    stanzas = []
     for stanza in out.split("\n\n"):
         ver = re.search(r"^Version: (\S+)", stanza, re.M)
-        dep = re.search(r"^Depends: (linux-image-\S+)", stanza, re.M)
-        if ver and dep and re.match(prefix, ver.group(1)):
-            return dep.group(1)
-    raise CloudVMIError(f"no {meta} for Linux {version} in the {SUITES[version]} suite")
+        dep = re.search(r"^Depends: (.+)$", stanza, re.M)
+        if ver and dep:
+            depends = [d.strip().split()[0] for d in dep.group(1).split(",")]
+            stanzas.append((ver.group(1), suite_of.get(ver.group(1), "?"), depends))
+    return stanzas
 
 
-def fetch(version: str = "6.1", flavour: str = "generic") -> LabKernel:
+def resolve_package(kernel: str, flavour: str) -> str:
+    """The versioned image package for KERNEL: a version prefix ("7.2") matched against
+    every suite's meta-package, or a suite name ("unstable") for that suite's newest."""
+    if flavour not in FLAVOURS:
+        raise CloudVMIError(f"unknown flavour {flavour!r}; choose from {', '.join(FLAVOURS)}")
+    kernel = ALIASES.get(kernel, kernel)
+    by_suite = kernel in SUITES
+    if not by_suite and not re.fullmatch(r"\d+\.\d+(\.\d+)?", kernel):
+        raise CloudVMIError(f"unknown lab kernel {kernel!r}: give a version such as 6.1 or 7.2, "
+                            f"or a suite: {', '.join(SUITES)}")
+    stanzas = _meta_stanzas(flavour)
+    prefix = re.escape(kernel) + r"[.\-+~]"
+    for version, suite, depends in stanzas:
+        if suite == kernel if by_suite else re.match(prefix, version):
+            image = [d for d in depends if re.fullmatch(r"linux-image-\d\S*", d)]
+            if image:
+                return image[0]
+    known = ", ".join(sorted({f"{v.split('-')[0]} ({s})" for v, s, _ in stanzas}))
+    raise CloudVMIError(f"no linux-image-{FLAVOURS[flavour]} for {kernel!r} in "
+                        f"{', '.join(SUITES)}; available: {known}")
+
+
+def _packages(image: str) -> list[str]:
+    """The packages holding the image and its modules: the image package itself up to 6.x;
+    from 7.x an empty image package that depends on linux-binary-* and linux-modules-*."""
+    out = _run(["apt-cache", *_apt_options(_apt_root()), "show", image], "look up " + image)
+    dep = re.search(r"^Depends: (.+)$", out, re.M)
+    names = [d.strip().split()[0] for d in dep.group(1).split(",")] if dep else []
+    release = image.removeprefix("linux-image-")
+    split = [n for n in names if n in (f"linux-binary-{release}", f"linux-modules-{release}")]
+    return [image, *split]
+
+
+def _download(package: str) -> Path:
+    debdir = sub("debs")
+    debs = list(debdir.glob(f"{package}_*.deb"))
+    if not debs:
+        _run(["apt-get", *_apt_options(_apt_root()), "download", package],
+             "download " + package, cwd=debdir)
+        debs = list(debdir.glob(f"{package}_*.deb"))
+    if not debs:
+        raise CloudVMIError(f"apt-get download {package} left no .deb")
+    return debs[0]
+
+
+def fetch(kernel: str = "6.1", flavour: str = "generic") -> LabKernel:
     """Download (once) and unpack a Debian kernel with the modules the lab loads."""
-    kdir = sub("kernels") / f"{version}-{flavour}"
+    kdir = sub("kernels") / f"{kernel}-{flavour}"
     done = kdir / "release"
     listed = kdir / "modules.list"
     if not done.exists() or not listed.exists() or listed.read_text() != "\n".join(LAB_MODULES):
-        package = resolve_package(version, flavour)
-        root = _apt_root()
-        debdir = sub("debs")
-        debs = list(debdir.glob(f"{package}_*.deb"))
-        if not debs:
-            _run(["apt-get", *_apt_options(root), "download", package], "download " + package,
-                 cwd=debdir)
-            debs = list(debdir.glob(f"{package}_*.deb"))
-        _unpack(debs[0], kdir)
+        package = resolve_package(kernel, flavour)
+        _unpack([_download(p) for p in _packages(package)], kdir)
         listed.write_text("\n".join(LAB_MODULES))
         done.write_text(package.removeprefix("linux-image-"))
     release = done.read_text().strip()
     return LabKernel(
-        version=version,
+        version=kernel,
         flavour=flavour,
         release=release,
         vmlinuz=kdir / "vmlinuz",
@@ -114,27 +162,61 @@ def fetch(version: str = "6.1", flavour: str = "generic") -> LabKernel:
     )
 
 
-def _unpack(deb: Path, kdir: Path) -> None:
-    """Take vmlinuz and the lab modules out of the .deb, decompressing .ko.xz."""
+def vmlinux(kernel: LabKernel) -> Path:
+    """The uncompressed ELF vmlinux inside a lab kernel's bzImage (cached beside it): what a
+    user would feed to pahole or objcopy. The setup header says where the payload is."""
+    out = kernel.vmlinuz.parent / "vmlinux"
+    if out.exists():
+        return out
+    image = kernel.vmlinuz.read_bytes()
+    if image[0x202:0x206] != b"HdrS":
+        raise CloudVMIError(f"{kernel.vmlinuz} is not a bzImage")
+    setup = (image[0x1F1] or 4) + 1
+    offset, length = struct.unpack_from("<II", image, 0x248)
+    payload = image[setup * 512 + offset:setup * 512 + offset + length]
+    if payload.startswith(b"\xfd7zXZ"):
+        elf = lzma.LZMADecompressor().decompress(payload)
+    elif payload.startswith(b"\x28\xb5\x2f\xfd"):
+        import zstandard
+
+        elf = zstandard.ZstdDecompressor().decompressobj().decompress(payload)
+    else:
+        raise CloudVMIError(f"{kernel.vmlinuz}: payload compressed in a way the lab does not "
+                            f"read ({payload[:4].hex()})")
+    if not elf.startswith(b"\x7fELF"):
+        raise CloudVMIError(f"{kernel.vmlinuz}: the payload is not an ELF vmlinux")
+    tmp = out.with_suffix(".tmp")
+    tmp.write_bytes(elf)
+    tmp.rename(out)
+    return out
+
+
+def _unpack(debs: list[Path], kdir: Path) -> None:
+    """Take vmlinuz (boot/vmlinuz-* up to 6.x, usr/lib/modules/*/vmlinuz from 7.x) and the lab
+    modules out of the .debs, decompressing .ko.xz."""
     kdir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(kdir / "modules", ignore_errors=True)
     (kdir / "modules").mkdir()
-    data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True,
-                          check=True).stdout
-    import io
-
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        for member in tar:
-            name = member.name.lstrip("./")
-            if re.fullmatch(r"boot/vmlinuz-.*", name):
-                (kdir / "vmlinuz").write_bytes(tar.extractfile(member).read())
-                continue
-            for order, mod in enumerate(LAB_MODULES):
-                if re.fullmatch(rf"(usr/)?lib/modules/[^/]+/kernel/{re.escape(mod)}(\.xz)?", name):
-                    blob = tar.extractfile(member).read()
-                    if name.endswith(".xz"):
-                        blob = lzma.decompress(blob)
-                    # The file name's prefix keeps the load order (init loads them sorted).
-                    (kdir / "modules" / f"{order:02d}-{Path(mod).name}").write_bytes(blob)
+    (kdir / "vmlinuz").unlink(missing_ok=True)
+    for deb in debs:
+        with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
+                              stdout=subprocess.PIPE) as proc, \
+                tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for member in tar:
+                _take(tar, member, kdir)
     if not (kdir / "vmlinuz").exists():
-        raise CloudVMIError(f"{deb.name} has no boot/vmlinuz")
+        raise CloudVMIError(f"no vmlinuz in {', '.join(d.name for d in debs)}")
+
+
+def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, kdir: Path) -> None:
+    name = member.name.lstrip("./")
+    if re.fullmatch(r"boot/vmlinuz-.*|(usr/)?lib/modules/[^/]+/vmlinuz", name):
+        (kdir / "vmlinuz").write_bytes(tar.extractfile(member).read())
+        return
+    for order, mod in enumerate(LAB_MODULES):
+        if re.fullmatch(rf"(usr/)?lib/modules/[^/]+/kernel/{re.escape(mod)}(\.xz)?", name):
+            blob = tar.extractfile(member).read()
+            if name.endswith(".xz"):
+                blob = lzma.decompress(blob)
+            # The file name's prefix keeps the load order (init loads them sorted).
+            (kdir / "modules" / f"{order:02d}-{Path(mod).name}").write_bytes(blob)

@@ -37,7 +37,7 @@ class ThreadChooser:
         if base < self.arch.kernel_space:
             base = regs.get("k_gs_base", 0)
         try:
-            return self.kernel.read_u64(base + self._current_off)
+            return self.kernel.read_u64(self.kernel.per_cpu(self._current_off, base))
         except GuestMemoryError:
             return None
 

@@ -3,6 +3,7 @@ without writing a byte. Found by disassembling the kernel's own copy of the imag
 may not have faulted in every vDSO page)."""
 
 import io
+import re
 import struct
 
 from cloudvmi.os.linux.kernel import LinuxKernel
@@ -10,14 +11,27 @@ from cloudvmi.os.linux.records import Record
 from cloudvmi.write.errors import InjectionError
 
 MAX_VDSO = 64 * 1024
-VDSO_IMAGES = ("vdso_image_64", "vdso_image")
+# The 64-bit image's name: vdso_image_64 until 6.x, vdso64_image from 7.x; vdso_image where
+# there is one image only. Other kernels are probed by the pattern below.
+VDSO_IMAGES = ("vdso_image_64", "vdso64_image", "vdso_image")
+VDSO_PATTERN = re.compile(r"vdso_?(image_?)?64(_image)?")
+
+
+def vdso_symbol(kernel: LinuxKernel) -> str:
+    """The kernel's struct vdso_image of the native 64-bit vDSO (a data symbol)."""
+    symbol = next((s for s in VDSO_IMAGES if kernel.symbols.get(s)), None)
+    if symbol is None:
+        symbol = next((n for n, t in zip(kernel.symbols.names, kernel.symbols.types,
+                                         strict=True)
+                       if t in "dDrR" and VDSO_PATTERN.fullmatch(n)), None)
+    if symbol is None:
+        raise InjectionError("the kernel has no vDSO image symbol")
+    return symbol
 
 
 def vdso_syscall_offset(kernel: LinuxKernel) -> int:
     """Offset of a system-call instruction inside the vDSO, from the kernel's image of it."""
-    symbol = next((s for s in VDSO_IMAGES if kernel.symbols.get(s)), None)
-    if symbol is None:
-        raise InjectionError("the kernel has no vDSO image symbol")
+    symbol = vdso_symbol(kernel)
     image = Record(kernel.btf, "vdso_image", {"data": "data", "size": "size"})
     v = image.read(kernel, kernel.symbols.lookup(symbol))
     if not 64 <= v["size"] <= MAX_VDSO:

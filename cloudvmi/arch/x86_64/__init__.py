@@ -1,6 +1,8 @@
 """x86-64: 4- and 5-level paging, the Linux x86-64 system-call ABI, the batch interpreter and
 the persistent channel's helper."""
 
+from collections.abc import Callable
+
 from cloudvmi.arch.base import Arch
 from cloudvmi.arch.x86_64 import abi, helper
 from cloudvmi.arch.x86_64.batch import CODE, DONE, resume_stub
@@ -16,12 +18,22 @@ def _root(regs: dict[str, int]) -> int:
     return regs["cr3"] & 0x000F_FFFF_FFFF_E000
 
 
+START_KERNEL_MAP = 0xFFFF_FFFF_8000_0000
+
+
+def _image_offset(number: Callable[[str], int | None]) -> int | None:
+    """__pa(x) = x - __START_KERNEL_map + phys_base for kernel-image addresses."""
+    phys_base = number("phys_base")
+    return None if phys_base is None else (START_KERNEL_MAP - phys_base) % (1 << 64)
+
+
 ARCH = Arch(
     name="x86_64", pointer_size=8, endian="<", page_size=PAGE,
-    kernel_window=(0xFFFF_FFFF_8000_0000, 0xFFFF_FFFF_C000_0000),  # __START_KERNEL_map, 1 GiB
+    kernel_window=(START_KERNEL_MAP, START_KERNEL_MAP + (1 << 30)),  # KERNEL_IMAGE_SIZE
     kernel_align=2 << 20,  # CONFIG_PHYSICAL_ALIGN is a multiple of 2 MiB
     direct_map={4: 0xFFFF_8880_0000_0000, 5: 0xFF11_0000_0000_0000},
     thread_size=16 * 1024,  # THREAD_SIZE_ORDER 2, no KASAN
+    image_offset=_image_offset,
     kernel_space=0xFFFF_8000_0000_0000,
     saved_registers=("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9",
                      "r10", "r11", "r12", "r13", "r14", "r15", "rip", "eflags"),

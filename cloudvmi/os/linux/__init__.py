@@ -15,4 +15,5 @@ def facade(vm):
     """`vm.linux`: the views, with the kernel located on first use."""
     from cloudvmi.os.linux.api import Linux
 
-    return Linux(vm.phys, vm.profile_cache, live=vm.live, snapshot=vm.snapshot)
+    return Linux(vm.phys, vm.profile_cache, live=vm.live, snapshot=vm.snapshot,
+                 symbols=vm.symbols)

@@ -10,6 +10,7 @@ from cloudvmi.capability import Capability, Facade
 from cloudvmi.memory.base import PhysicalMemory
 from cloudvmi.os.linux import kernel as kernel_mod
 from cloudvmi.os.linux.kernel import LinuxKernel
+from cloudvmi.os.linux.typesource import TypeSources
 
 
 class Linux(Facade):
@@ -19,8 +20,10 @@ class Linux(Facade):
     _facet = "linux"
 
     def __init__(self, phys: PhysicalMemory, profile_cache: Path | None, live: bool,
-                 snapshot: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
+                 snapshot: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 symbols: str | None = None) -> None:
         self.phys = phys
+        self.symbols = symbols  # where to look for types if the kernel has no BTF
         self.profile_cache = profile_cache
         self.live = live
         self._snapshot = snapshot or contextlib.nullcontext
@@ -30,7 +33,8 @@ class Linux(Facade):
     def kernel(self) -> LinuxKernel:
         if self._kernel is None:
             with self._snapshot():
-                self._kernel = kernel_mod.locate(self.phys, self.profile_cache)
+                self._kernel = kernel_mod.locate(self.phys, self.profile_cache,
+                                                 types=TypeSources.default(self.symbols))
         return self._kernel
 
     def ready(self) -> None:

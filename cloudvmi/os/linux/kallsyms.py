@@ -8,6 +8,8 @@ guest RAM for the token table and decoded there. scripts/kallsyms.c emits them a
                         token_table, token_index
     newer (6.12):       num_syms, names, markers, token_table, token_index, offsets,
                         relative_base, seqs_of_names
+    newest (7.x):       the same without relative_base: each offset is relative to its own
+                        place in kallsyms_offsets (offset_to_ptr)
 
 each aligned to 8 bytes, with seqs_of_names absent (5.10), 3 bytes big-endian an entry (Debian's
 6.1, a backport) or 4 bytes. Rather than trusting a version number, every placement is tried
@@ -66,6 +68,10 @@ class Kallsyms:
     addresses: list[int]
     types: str
     table_paddr: int  # physical address of kallsyms_token_table: a hint for the next attach
+    # Place-relative tables (7.x) give addresses relative to kallsyms_offsets' own virtual
+    # address, unknown from physical memory alone: then this is that table's physical
+    # address, and the addresses are relative to it until rebased.
+    relative_to: int | None = None
     _by_name: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -109,27 +115,37 @@ class Kallsyms:
         i = bisect.bisect_right(self.addresses, address)
         return self.addresses[i] if i < len(self.addresses) else None
 
+    def rebased(self, table_virt: int) -> "Kallsyms":
+        """The absolute table, once kallsyms_offsets' virtual address is known."""
+        if self.relative_to is None:
+            return self
+        return Kallsyms(self.names, [table_virt + a for a in self.addresses], self.types,
+                        self.table_paddr)
+
     def to_cache(self) -> dict:
         """JSON-able; keep table_paddr to pass as the hint on the next attach."""
         return {"version": 1, "table_paddr": self.table_paddr, "names": list(self.names),
-                "addresses": list(self.addresses), "types": self.types}
+                "addresses": list(self.addresses), "types": self.types,
+                "relative_to": self.relative_to}
 
     @classmethod
     def from_cache(cls, d: dict) -> "Kallsyms":
         """Rebuild from to_cache(); a cache that does not hold together is a ProfileError."""
         try:
             names, addresses, types = list(d["names"]), list(d["addresses"]), d["types"]
-            table_paddr = d["table_paddr"]
+            table_paddr, relative_to = d["table_paddr"], d.get("relative_to")
+            low = -(1 << 63) if relative_to is not None else 0
             ok = (d.get("version") == 1 and isinstance(types, str) and isinstance(table_paddr, int)
+                  and isinstance(relative_to, int | None)
                   and len(names) == len(addresses) == len(types)
                   and all(isinstance(n, str) for n in names)
-                  and all(isinstance(a, int) and 0 <= a < 1 << 64 for a in addresses)
+                  and all(isinstance(a, int) and low <= a < 1 << 64 for a in addresses)
                   and all(a <= b for a, b in zip(addresses, addresses[1:], strict=False)))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ProfileError(f"kallsyms cache is malformed: {exc!r}") from exc
         if not ok:
             raise ProfileError("kallsyms cache is malformed")
-        return cls(names, addresses, types, table_paddr)
+        return cls(names, addresses, types, table_paddr, relative_to)
 
 
 def find_kallsyms(memory: PhysicalMemory, hint: int | None = None) -> Kallsyms:
@@ -137,6 +153,28 @@ def find_kallsyms(memory: PhysicalMemory, hint: int | None = None) -> Kallsyms:
     for found in kallsyms_candidates(memory, hint):
         return found
     raise AssertionError("unreachable: kallsyms_candidates raises when it finds nothing")
+
+
+def kallsyms_at(memory: PhysicalMemory, token_table: int) -> Kallsyms:
+    """Decode the tables whose kallsyms_token_table starts at TOKEN_TABLE (a physical address
+    the kernel gave, e.g. in VMCOREINFO): the same proofs as a scan, at one place."""
+    region = _region_of(memory.regions(), token_table)
+    if region is None:
+        raise ProfileError(f"kallsyms_token_table {token_table:#x} is outside RAM")
+    span = _Span(memory, region)
+    try:
+        head = span.read(token_table, min(ANCHOR_INDEX * MAX_TOKEN_LEN + len(ANCHOR),
+                                          region.end - token_table))
+        at = head.find(ANCHOR)
+        if at < 0:
+            raise _Reject("no token table there")
+        found = _decode_at(span, token_table + at)
+    except _Reject as exc:
+        raise ProfileError(f"kallsyms at {token_table:#x}: {exc}") from None
+    if found.table_paddr != token_table:
+        raise ProfileError(f"kallsyms_token_table is at {found.table_paddr:#x}, "
+                           f"not {token_table:#x}")
+    return found
 
 
 def kallsyms_candidates(memory: PhysicalMemory, hint: int | None = None) -> Iterator[Kallsyms]:
@@ -262,11 +300,11 @@ def _decode_at(span: _Span, anchor: int) -> Kallsyms:
                 best = _Reject(f"{n} names at {names_start:#x}: {exc}", 3)
                 continue
             try:
-                addresses = _find_addresses(span, n, num_syms_at, tok)
+                    addresses, relative_to = _find_addresses(span, n, num_syms_at, tok)
             except _Reject as exc:
                 best = _Reject(f"{n} names at {names_start:#x} decode, but {exc}", 4)
                 continue
-            return Kallsyms(names, addresses, types, tok.start)
+            return Kallsyms(names, addresses, types, tok.start, relative_to)
     raise best
 
 
@@ -518,23 +556,44 @@ def _decode_names(span: _Span, start: int, n: int, mstart: int, markers: list[in
     return names, types
 
 
-def _find_addresses(span: _Span, n: int, num_syms_at: int, tok: _Tokens) -> list[int]:
-    """kallsyms_offsets + kallsyms_relative_base: before num_syms (old) or after token_index."""
+def _find_addresses(span: _Span, n: int, num_syms_at: int,
+                    tok: _Tokens) -> tuple[list[int], int | None]:
+    """kallsyms_offsets, before num_syms (old) or after token_index, decoded against
+    kallsyms_relative_base where one follows (5.x, 6.x), else place-relative (7.x):
+    (addresses, None) or (addresses relative to the table, the table's physical address)."""
     last = "no kallsyms_offsets placement decodes to sorted addresses"
+    unbased: dict[int, tuple[int, ...]] = {}
     for start, base_at in _offsets_places(span, n, num_syms_at, tok.index + 512):
         try:
-            raw = span.read(start, 4 * n)
-            (base,) = struct.unpack("<Q", span.read(base_at, 8))
+            offsets = unbased.get(start) or struct.unpack(f"<{n}i", span.read(start, 4 * n))
         except _Reject as exc:
             last = str(exc)
+            continue
+        unbased[start] = offsets
+        try:
+            (base,) = struct.unpack("<Q", span.read(base_at, 8))
+        except _Reject:
             continue
         if base >> 56 != 0xFF:  # a kernel virtual address, so not padding or a torn read
             last = f"kallsyms_relative_base {base:#x} is not a kernel address"
             continue
-        addresses = _addresses(struct.unpack(f"<{n}i", raw), base)
+        addresses = _addresses(offsets, base)
         if addresses is not None:
-            return addresses
-    raise _Reject(last)
+            return addresses, None
+    for start, offsets in unbased.items():  # no base fits: try each entry against its place
+        addresses = _place_relative(offsets)
+        if addresses is not None:
+            return addresses, start
+    raise _Reject(last + ", nor as place-relative offsets")
+
+
+def _place_relative(offsets: tuple[int, ...]) -> list[int] | None:
+    """Entry i holds (symbol address - address of entry i); sorted by address, within the
+    span of one kernel image (1 GiB on x86-64)."""
+    relative = [4 * i + o for i, o in enumerate(offsets)]
+    if relative and relative[-1] - relative[0] < 1 << 30 and _sorted(relative):
+        return relative
+    return None
 
 
 def _offsets_places(span: _Span, n: int, num_syms_at: int,

@@ -1,8 +1,12 @@
 """Find a Linux kernel in guest-physical memory and undo KASLR, with no symbols given.
 
-Cold: decode kallsyms and find BTF by scanning RAM; BTF's physical address and the
-`__start_BTF` symbol give the kernel image's virtual-to-physical offset. The result is
-cached per build (profile.py). Warm: find this boot's physical load address from the cached
+Cold, first choice: the kernel's VMCOREINFO note (vmcoreinfo.py) says where the image is
+(phys_base, KASLR offset) and, from 6.0, where the kallsyms tables are; the image must then
+prove the note (kallsyms decode there, the banner and the page tables agree). Without a note,
+or with one that fails, kallsyms is found by scanning RAM and placed by the banner and BTF it
+names. Types come from the kernel's own BTF, or, for kernels built without it (or whose BTF
+is damaged), from a source outside (typesource.py) that must fit this very kernel. The result
+is cached per build (profile.py). Warm: find this boot's physical load address from the cached
 banner offset (2 MiB-aligned slots), then the virtual slide from the kernel's own page tables.
 """
 
@@ -16,11 +20,14 @@ from cloudvmi.arch import Arch
 from cloudvmi.errors import GuestMemoryError, ProfileError, UnmappedAddress
 from cloudvmi.memory.base import PhysicalMemory
 from cloudvmi.os.linux.btf import BTF, locate_btf
-from cloudvmi.os.linux.kallsyms import Kallsyms, kallsyms_candidates
-from cloudvmi.os.linux.profile import Profile, ProfileStore
+from cloudvmi.os.linux.kallsyms import Kallsyms, kallsyms_at, kallsyms_candidates
+from cloudvmi.os.linux.profile import MEMORY, Profile, ProfileStore
+from cloudvmi.os.linux.typesource import TypeSources
+from cloudvmi.os.linux.vmcoreinfo import VmcoreInfo, find_vmcoreinfo
 
 BANNER_PREFIX = b"Linux version "
 BTF_MAGIC = b"\x9f\xeb\x01"
+DEFAULT_TEXT = 0xFFFF_FFFF_8100_0000  # where _text is linked before KASLR
 
 
 @dataclass
@@ -29,6 +36,7 @@ class LocateStats:
 
     warm: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
+    how: str = ""  # "vmcoreinfo", "scan" or "cached profile"
 
 
 class LinuxKernel:
@@ -80,6 +88,12 @@ class LinuxKernel:
             raise UnmappedAddress(vaddr, "kernel image address")
         return self.text_phys + (vaddr - self.text_virt)
 
+    def per_cpu(self, symbol: int, cpu_offset: int) -> int:
+        """Address of a per-CPU variable for the CPU whose __per_cpu_offset (or GS base) is
+        CPU_OFFSET. Until 6.14 x86-64 per-CPU symbols are small offsets from zero; from 6.15
+        they are kernel addresses and the offset wraps around 2**64."""
+        return (symbol + cpu_offset) & ((1 << 8 * self.arch.pointer_size) - 1)
+
     def read(self, vaddr: int, size: int) -> bytes:
         return self.space.read(vaddr, size)
 
@@ -130,9 +144,10 @@ class LinuxKernel:
         return self.profile.banner.decode("utf-8", "replace").strip()
 
 
-def locate(phys: PhysicalMemory, cache_dir: Path | None = None,
-           arch: Arch | None = None) -> LinuxKernel:
-    """Find the kernel: warm from a cached profile when one matches, else cold."""
+def locate(phys: PhysicalMemory, cache_dir: Path | None = None, arch: Arch | None = None,
+           types: TypeSources | None = None) -> LinuxKernel:
+    """Find the kernel: warm from a cached profile when one matches, else cold. TYPES are
+    the places to look for the kernel's types when it carries no BTF of its own."""
     arch = arch or arches.get()
     store = ProfileStore(cache_dir)
     start = time.perf_counter()
@@ -140,16 +155,17 @@ def locate(phys: PhysicalMemory, cache_dir: Path | None = None,
         text_phys = _load_slot(phys, arch, (profile.banner_offset, profile.banner))
         if text_phys is None:
             continue
-        stats = LocateStats(warm=True)
+        stats = LocateStats(warm=True, how="cached profile")
         stats.seconds["find_load_address"] = time.perf_counter() - start
         try:
             btf_blob = btf_path.read_bytes()
         except OSError:
             continue
-        if phys.read(text_phys + profile.btf_offset, 24) != btf_blob[:24]:
+        if profile.btf_offset >= 0 and (
+                phys.read(text_phys + profile.btf_offset, 24) != btf_blob[:24]):
             continue
         return _finish(phys, arch, profile, btf_blob, text_phys, None, stats)
-    return _locate_cold(phys, arch, store)
+    return _locate_cold(phys, arch, store, types or TypeSources([]))
 
 
 def _load_slot(phys: PhysicalMemory, arch: Arch, *checks: tuple[int, bytes]) -> int | None:
@@ -172,51 +188,177 @@ def _load_slot(phys: PhysicalMemory, arch: Arch, *checks: tuple[int, bytes]) -> 
 MAX_CANDIDATES = 8  # consistent kallsyms tables tried before giving up (fakes are hostile)
 
 
-def _locate_cold(phys: PhysicalMemory, arch: Arch, store: ProfileStore) -> LinuxKernel:
-    """Take the first kallsyms table that BTF, the banner and the page tables all confirm."""
+def _locate_cold(phys: PhysicalMemory, arch: Arch, store: ProfileStore,
+                 types: TypeSources) -> LinuxKernel:
+    """The kernel VMCOREINFO describes, when the image proves it; else the first kallsyms
+    table found by scanning that the banner, the types and the page tables all confirm."""
     stats = LocateStats(warm=False)
     t0 = time.perf_counter()
-    rejected: list[str] = []
-    for number, syms in enumerate(kallsyms_candidates(phys)):
-        if number >= MAX_CANDIDATES:
-            break
-        stats.seconds["kallsyms"] = time.perf_counter() - t0
+    tried: list[str] = []
+    for info in find_vmcoreinfo(phys):
+        stats.seconds["vmcoreinfo"] = time.perf_counter() - t0
         try:
-            kernel, profile, blob = _from_symbols(phys, arch, syms, stats)
+            syms, text_phys = _symbols_from_note(phys, arch, info)
+            stats.seconds["kallsyms"] = time.perf_counter() - t0
+            stats.how = "vmcoreinfo"
+            kernel, profile, blob = _from_symbols(phys, arch, syms, stats, types, text_phys,
+                                                  info)
         except (ProfileError, GuestMemoryError) as exc:
-            rejected.append(f"table at {syms.table_paddr:#x}: {exc}")
+            tried.append(f"{info.summary()}: {exc}")
             continue
         store.save(profile, blob)
         return kernel
-    raise ProfileError("no kallsyms table in guest memory is confirmed by the kernel image: "
-                       + "; ".join(rejected[:3]))
+    if not tried:
+        tried.append("no VMCOREINFO note in RAM (a kernel without kdump support)")
+    stats.how = "scan"
+    try:
+        for number, syms in enumerate(kallsyms_candidates(phys)):
+            if number >= MAX_CANDIDATES:
+                break
+            stats.seconds["kallsyms"] = time.perf_counter() - t0
+            try:
+                kernel, profile, blob = _from_symbols(phys, arch, syms, stats, types)
+            except (ProfileError, GuestMemoryError) as exc:
+                tried.append(f"kallsyms table at {syms.table_paddr:#x}: {exc}")
+                continue
+            store.save(profile, blob)
+            return kernel
+    except ProfileError as exc:
+        tried.append(f"scan: {exc}")
+    raise ProfileError("cannot locate the kernel; tried: " + "; ".join(tried[:4]))
 
 
-def _from_symbols(phys: PhysicalMemory, arch: Arch, syms: Kallsyms, stats: LocateStats):
-    t1 = time.perf_counter()
+def _symbols_from_note(phys: PhysicalMemory, arch: Arch,
+                       info: VmcoreInfo) -> tuple[Kallsyms, int]:
+    """kallsyms where the note puts it (from 6.0; before, the scanned table the note's _stext
+    agrees with) and the physical _text the note's phys_base gives."""
+    delta = arch.image_offset(info.number)
+    if delta is None:
+        raise ProfileError("the note gives no phys_base")
+    stext = info.symbol("_stext")
+    table = info.symbol("kallsyms_token_table")
+    if table is not None:
+        syms = kallsyms_at(phys, (table - delta) % (1 << 64))
+        if syms.relative_to is not None:
+            offsets = info.symbol("kallsyms_offsets")
+            if offsets is None or (offsets - delta) % (1 << 64) != syms.relative_to:
+                raise ProfileError("kallsyms_offsets is not where the note says")
+            syms = syms.rebased(offsets)
+    else:
+        agreeing = (s for n, s in enumerate(kallsyms_candidates(phys))
+                    if n < MAX_CANDIDATES and s.relative_to is None and s.get("_stext") == stext)
+        syms = next(agreeing, None)
+        if syms is None:
+            raise ProfileError("no kallsyms table in RAM agrees with its _stext")
+    if stext is None or syms.get("_stext") != stext:
+        raise ProfileError("its _stext is not kallsyms' _stext")
     try:
         text_virt = syms.lookup("_text")
-        btf_virt = syms.lookup("__start_BTF")
+    except KeyError as exc:
+        raise ProfileError(f"kallsyms lacks a symbol every kernel has: {exc}") from exc
+    return syms, (text_virt - delta) % (1 << 64)
+
+
+def _from_symbols(phys: PhysicalMemory, arch: Arch, syms: Kallsyms, stats: LocateStats,
+                  types: TypeSources, text_phys: int | None = None,
+                  info: VmcoreInfo | None = None):
+    """Kernel, profile and BTF blob for a decoded table; TEXT_PHYS when the caller knows it."""
+    t1 = time.perf_counter()
+    known_virt = True
+    if syms.relative_to is not None:  # a scanned 7.x table: place it where _text is linked
+        text_rel = syms.get("_text")
+        if text_rel is None:
+            raise ProfileError("kallsyms lacks a symbol every kernel has: _text")
+        text_phys = (syms.relative_to + text_rel) % (1 << 64)
+        syms = syms.rebased(DEFAULT_TEXT - text_rel)
+        known_virt = False  # the page tables tell the real slide
+    try:
+        text_virt = syms.lookup("_text")
         banner_virt = syms.lookup("linux_banner")
     except KeyError as exc:
         raise ProfileError(f"kallsyms lacks a symbol every kernel has: {exc}") from exc
-    btf_end = syms.get("__stop_BTF")
-    text_phys = _load_slot(phys, arch, (btf_virt - text_virt, BTF_MAGIC),
-                           (banner_virt - text_virt, BANNER_PREFIX))
-    if text_phys is not None and btf_end:
-        btf_paddr, btf_size = text_phys + btf_virt - text_virt, btf_end - btf_virt
-    else:  # no 2 MiB slot holds both: search RAM for the BTF header instead
-        btf_paddr, btf_size = locate_btf(phys)
-        text_phys = text_virt - (btf_virt - btf_paddr)
-    stats.seconds["find_btf"] = time.perf_counter() - t1
+    btf_virt, btf_end = syms.get("__start_BTF"), syms.get("__stop_BTF")
+    if text_phys is None:
+        checks = [(banner_virt - text_virt, BANNER_PREFIX)]
+        if btf_virt is not None:
+            checks.append((btf_virt - text_virt, BTF_MAGIC))
+        text_phys = _load_slot(phys, arch, *checks)
+        if text_phys is None and btf_virt is not None:  # not 2 MiB aligned: find BTF itself
+            btf_paddr, _ = locate_btf(phys)
+            text_phys = text_virt - (btf_virt - btf_paddr)
+        if text_phys is None:
+            raise ProfileError("no load address puts the banner where kallsyms says")
     banner = _read_banner(phys, text_phys + banner_virt - text_virt)
-    profile = Profile.from_symbols(
-        banner=banner, banner_offset=banner_virt - text_virt, btf_offset=btf_virt - text_virt,
-        btf_size=btf_size, names=syms.names, addresses=syms.addresses, types=syms.types,
-        text_virt=text_virt,
-    )
-    blob = phys.read(btf_paddr, btf_size)
-    return _finish(phys, arch, profile, blob, text_phys, text_virt, stats), profile, blob
+    if info is not None and info.release is not None and not banner.startswith(
+            BANNER_PREFIX + info.release.encode() + b" "):
+        raise ProfileError(f"the banner does not name release {info.release!r}")
+    stats.seconds["find_btf"] = time.perf_counter() - t1
+    own = _own_btf(phys, text_phys, text_virt, btf_virt, btf_end)
+    refused: list[str] = []
+    if isinstance(own, bytes):
+        sources = iter([(own, MEMORY)])
+    else:
+        sources = types.candidates(banner, info.get("BUILD-ID") if info else None, refused)
+    for blob, source in sources:
+        profile = Profile.from_symbols(
+            banner=banner, banner_offset=banner_virt - text_virt,
+            btf_offset=btf_virt - text_virt if source == MEMORY else -1,
+            btf_size=len(blob), names=syms.names, addresses=syms.addresses, types=syms.types,
+            text_virt=text_virt, types_source=source,
+        )
+        try:
+            kernel = _finish(phys, arch, profile, blob, text_phys,
+                             text_virt if known_virt else None, stats)
+            if source != MEMORY:
+                _check_types(kernel)
+        except (ProfileError, GuestMemoryError) as exc:
+            if source == MEMORY:
+                raise
+            refused.append(f"{source}: {exc}")
+            continue
+        return kernel, profile, blob
+    raise ProfileError(types.none_fit(own, refused))
+
+
+def _own_btf(phys: PhysicalMemory, text_phys: int, text_virt: int, start: int | None,
+             stop: int | None) -> bytes | str:
+    """The kernel's own BTF blob, or why there is none."""
+    if start is None or stop is None:
+        return "the kernel was built without BTF (no __start_BTF symbol)"
+    size = stop - start
+    if not 24 <= size <= 64 << 20:
+        return f"the kernel's BTF section has an impossible size ({size} bytes)"
+    paddr = text_phys + start - text_virt
+    try:
+        blob = phys.read(paddr, size)
+    except GuestMemoryError:
+        return f"the kernel's BTF at {paddr:#x} is outside RAM"
+    if blob[:3] != BTF_MAGIC:
+        return f"the kernel's BTF at {paddr:#x} is damaged (no BTF magic)"
+    return blob
+
+
+def _check_types(kernel: LinuxKernel) -> None:
+    """Types from outside must describe this very build: read with them, init_task is the
+    idle task (pid 0, "swapper") and init_uts_ns holds the banner's release."""
+    btf = kernel.btf
+    try:
+        task = kernel.symbols.lookup("init_task")
+        comm = kernel.read_cstring(task + btf.struct("task_struct").offset("comm"), 16)
+        pid = int.from_bytes(kernel.read(task + btf.struct("task_struct").offset("pid"), 4),
+                             "little")
+        uts = kernel.symbols.lookup("init_uts_ns")
+        release = kernel.read_cstring(uts + btf.struct("uts_namespace").offset("name")
+                                      + btf.struct("new_utsname").offset("release"), 65)
+    except (KeyError, LookupError, ProfileError, GuestMemoryError) as exc:
+        raise ProfileError(f"its types do not fit this kernel ({exc})") from exc
+    want = kernel.profile.banner.split(b" ")[2] if kernel.profile.banner.count(b" ") > 2 else b""
+    if not comm.startswith(b"swapper") or pid != 0:
+        raise ProfileError(f"its types do not fit this kernel: init_task reads as "
+                           f"{comm[:16]!r} pid {pid}, not the idle task")
+    if release != want:
+        raise ProfileError(f"its types do not fit this kernel: init_uts_ns reads release "
+                           f"{release[:65]!r}, the banner says {want!r}")
 
 
 def _read_banner(phys: PhysicalMemory, paddr: int) -> bytes:

@@ -6,10 +6,8 @@ from dataclasses import dataclass, field
 from cloudvmi.capability import view
 from cloudvmi.errors import GuestMemoryError, ProfileError
 from cloudvmi.os.linux.btf import MemberNotFound
-from cloudvmi.os.linux.kernel import LinuxKernel
+from cloudvmi.os.linux.kernel import DEFAULT_TEXT, LinuxKernel
 from cloudvmi.os.linux.records import Record, cstring
-
-DEFAULT_TEXT = 0xFFFF_FFFF_8100_0000  # where _text is linked before KASLR
 
 
 @dataclass
@@ -27,6 +25,8 @@ class KernelInfo:
     symbols: int
     btf_types: int
     warm_profile: bool
+    types_source: str  # "memory" (the kernel's own BTF) or the file the types came from
+    located_by: str  # "vmcoreinfo", "scan" or "cached profile"
     locate_seconds: dict[str, float] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, str]]:
@@ -40,13 +40,17 @@ class KernelInfo:
             ("direct map", f"{self.page_offset_base:#x}"),
             ("profile", f"{self.symbols} symbols, {self.btf_types} BTF types, "
                         f"{'cached' if self.warm_profile else 'built from memory'}"),
+            ("types", "the kernel's own BTF" if self.types_source == "memory"
+             else self.types_source),
+            ("located by", self.located_by),
         ]
 
 
 def _uptime(kernel: LinuxKernel) -> float | None:
     """CLOCK_BOOTTIME from the timekeeper: monotonic base + offs_boot (tick resolution)."""
     btf = kernel.btf
-    address = kernel.symbols.get("tk_core")
+    # tk_core until 6.14; then timekeeper_data[], whose first entry is the system's
+    address = kernel.symbols.get("tk_core") or kernel.symbols.get("timekeeper_data")
     if address is None:
         return None
     try:
@@ -83,5 +87,6 @@ def info(kernel: LinuxKernel) -> KernelInfo:
         text_physical=kernel.text_phys, kaslr_virtual_slide=kernel.text_virt - DEFAULT_TEXT,
         page_offset_base=kernel.page_offset, symbols=len(kernel.profile.names),
         btf_types=len(kernel.btf), warm_profile=kernel.stats.warm,
+        types_source=kernel.profile.types_source, located_by=kernel.stats.how,
         locate_seconds=dict(kernel.stats.seconds),
     )

@@ -1,7 +1,9 @@
 """Mounts of every mount namespace, as /proc/PID/mountinfo shows them (fs/proc_namespace.c).
 
 The namespaces are those the processes use (each task's nsproxy->mnt_ns, deduplicated, in
-the order the task list first reaches them, init's first). A namespace keeps its mounts on a
+the order the task list first reaches them, init's first). Like mountinfo, only the mounts
+reachable from the root of the first process in a namespace are shown: from 7.x the namespace's
+own root is a nullfs mount beneath rootfs that no process sees. A namespace keeps its mounts on a
 list (mnt_namespace.list through mount.mnt_list) or, in later kernels, in a red-black tree
 ordered by mount id (mnt_namespace.mounts through mount.mnt_node); which one is probed from
 BTF. Both orders are the order /proc prints. Each walk is bounded and cycle-checked; a bad
@@ -27,6 +29,7 @@ MAX_MOUNTS = 1 << 17  # mounts of all namespaces together (fs.mount-max is 100,0
 MAX_NAMESPACES = 1 << 12  # mount namespaces
 MAX_RB_DEPTH = 96  # a red-black tree of n nodes is at most 2·log2(n + 1) deep
 MAX_DENTRY_DEPTH = 256  # components of a mount's root within its filesystem
+MAX_NESTING = 1 << 12  # mounts stacked on one another, from a mount up to the tree's root
 MAX_DENTRIES = 1 << 18  # dentries read for the paths of all mounts together
 MAX_REASONS = 3  # problems named in `partial` (the first ones; the rest are counted)
 FS_NAME_MAX = 64  # a filesystem type's name
@@ -101,7 +104,8 @@ class MountReader:
         btf = kernel.btf
         self.kernel = kernel
         self.tasks = kernel.helper(TaskReader)
-        self.task = Record(btf, "task_struct", {"nsproxy": "nsproxy"})
+        self.task = Record(btf, "task_struct", {"nsproxy": "nsproxy", "fs": "fs"})
+        self.fs = Record(btf, "fs_struct", {"root": "root.mnt"})
         self.nsproxy = Record(btf, "nsproxy", {"mnt_ns": "mnt_ns"})
         self.ns = Record(btf, "mnt_namespace", {
             "inum": "ns.inum", "root": "root", "rb": "mounts.rb_node",
@@ -162,17 +166,17 @@ def _namespaces(walk: _Walk) -> list[tuple[int, dict]]:
     addresses, partial = task_addresses(reader.tasks)
     if partial:
         walk.problem(partial)
-    proxies: dict[int, None] = {}
+    proxies: dict[int, int] = {}  # nsproxy -> fs_struct of the first task using it
     for address in addresses:
         try:
-            proxy = reader.task.read(kernel, address)["nsproxy"]
+            t = reader.task.read(kernel, address)
         except GuestMemoryError as exc:
             walk.problem(f"task {address:#x}: {exc}")
             continue
-        if proxy:  # an exiting task has dropped its namespaces
-            proxies.setdefault(proxy)
+        if t["nsproxy"]:  # an exiting task has dropped its namespaces
+            proxies.setdefault(t["nsproxy"], t["fs"])
     found: dict[int, dict] = {}
-    for proxy in proxies:
+    for proxy, fs in proxies.items():
         try:
             ns = reader.nsproxy.read(kernel, proxy)["mnt_ns"]
             if ns and ns not in found:
@@ -180,9 +184,34 @@ def _namespaces(walk: _Walk) -> list[tuple[int, dict]]:
                     walk.problem(f"more than {MAX_NAMESPACES} mount namespaces")
                     break
                 found[ns] = reader.ns.read(kernel, ns)
+                found[ns]["seen_from"] = _root_mount(walk, fs)
         except GuestMemoryError as exc:
             walk.problem(f"nsproxy {proxy:#x}: {exc}")
     return list(found.items())
+
+
+def _root_mount(walk: _Walk, fs: int) -> int | None:
+    """The mount a process's root is on (fs->root.mnt), None when it has no fs_struct."""
+    if not fs:
+        return None
+    vfsmount = walk.reader.fs.read(walk.kernel, fs)["root"]
+    return vfsmount - walk.reader.tasks.mount_mnt if vfsmount else None
+
+
+def _visible(walk: _Walk, address: int, root: int | None) -> bool:
+    """Whether mountinfo shows the mount to a reader whose root is on ROOT: it must be that
+    mount or stacked above it (seq_path_root skips the rest)."""
+    if root is None:
+        return True
+    for _ in range(MAX_NESTING):
+        if address == root:
+            return True
+        parent = walk.mount(address)["parent"]
+        if not parent or parent == address:
+            return False
+        address = parent
+    walk.problem(f"mount {address:#x}: parents nested past {MAX_NESTING}")
+    return False
 
 
 def _listed(walk: _Walk, ns: int) -> list[int]:
@@ -346,6 +375,8 @@ def mounts(kernel: LinuxKernel) -> ViewResult[Mount]:
                 break
             walk.count += 1
             try:
+                if not _visible(walk, address, fields["seen_from"]):
+                    continue
                 mount = _mount(walk, fields["inum"], address)
             except GuestMemoryError as exc:
                 walk.problem(f"mount {address:#x}: {exc}")

@@ -119,7 +119,7 @@ def runqueues(kernel: LinuxKernel) -> ViewResult[Queued]:
         return ViewResult(partial=f"per-CPU offsets: {exc}")
     runqueues_at = kernel.symbols.lookup("runqueues")
     for cpu, offset in cpus:
-        rq = runqueues_at + offset
+        rq = kernel.per_cpu(runqueues_at, offset)
         budget = [MAX_QUEUED]
         found: list[tuple[int, str]] = []
         r = {"curr": 0}
