@@ -88,7 +88,7 @@ def _comparable(value):
     """Results as plain data, without how long locating the kernel took on that side."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = {f.name: _comparable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        for timing in ("locate_seconds", "warm_profile"):
+        for timing in ("locate_seconds", "warm_profile", "located_by"):
             out.pop(timing, None)
         return out
     if isinstance(value, list | tuple):

@@ -331,12 +331,16 @@ def test_hostile_seqs_that_are_every_permutation():
 
 
 def test_hostile_expansion_is_bounded(monkeypatch):
-    """Names made of the longest tokens could expand to gigabytes: refused before expanding."""
-    from cloudvmi.os.linux import kallsyms
+    """Names made of the longest tokens could expand to gigabytes: refused before expanding
+    them all (names are expanded when asked for, one at a time otherwise)."""
+    from cloudvmi.os.linux import kallsyms_names
 
     blob, _ = build_tables(make_symbols(300))
-    monkeypatch.setattr(kallsyms, "MAX_EXPANDED", 4000)
-    _hostile(blob)
+    monkeypatch.setattr(kallsyms_names, "MAX_EXPANDED", 4000)
+    found = find_kallsyms(BytesMemory(image(blob)))
+    assert found.name_at(5)
+    with pytest.raises(ProfileError, match="expand past"):
+        found.names  # noqa: B018
 
 
 @pytest.mark.timeout(60)
@@ -415,8 +419,26 @@ def test_real_dumps_match_proc_kallsyms(ver, guest_images):
         assert found.lookup("init_task") == dict((n, a) for a, _, n in truth
                                                  if n == "init_task")["init_task"]
         assert found.symbolize(found.lookup("schedule") + 0x10) == ("schedule", 0x10)
+        _lookups_by_name_order(mem, ver)
     finally:
         mem.close()
+
+
+def _lookups_by_name_order(mem, ver: str) -> None:
+    """Lookups through seqs_of_names (binary search, names expanded on demand) give what a
+    full index gives, duplicates included (the lowest address wins, as in the kernel)."""
+    lazy = _absolute(mem, find_kallsyms(mem))
+    assert (lazy.tables.seqs is not None) == (ver != "5.10")  # seqs_of_names: 6.1 (Debian) on
+    full = {}
+    for name, address in zip(lazy.names, lazy.addresses, strict=True):
+        full.setdefault(name, address)
+    fresh = _absolute(mem, find_kallsyms(mem))
+    rng = random.Random(5)
+    dupes = [n for n, c in Counter(lazy.names).items() if c > 1][:300]
+    for name in rng.sample(sorted(full), 3000) + dupes:
+        assert fresh.get(name) == full[name], name
+    for missing in ("no_such_symbol", "", "zzzz", "!"):
+        assert fresh.get(missing) is None
 
 
 @pytest.mark.parametrize("ver", KERNELS)

@@ -7,8 +7,12 @@ BANNER = b"Linux version "
 
 
 def detect(phys: PhysicalMemory) -> bool:
-    """A Linux kernel leaves its banner in RAM (the image's rodata holds one copy)."""
-    return next(iter(phys.find(BANNER)), None) is not None
+    """A Linux kernel leaves its VMCOREINFO note in RAM (kdump support: found in the first
+    tens of MiB) or at least its banner (the image's rodata holds one copy)."""
+    from cloudvmi.os.linux.vmcoreinfo import find_vmcoreinfo
+
+    return (next(find_vmcoreinfo(phys), None) is not None
+            or next(iter(phys.find(BANNER)), None) is not None)
 
 
 def facade(vm):

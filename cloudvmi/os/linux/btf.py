@@ -16,10 +16,11 @@ import re
 import struct
 import sys
 from array import array
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from itertools import accumulate
+from itertools import compress
 from typing import TYPE_CHECKING, Any
 
 from cloudvmi.errors import CloudVMIError, ProfileError
@@ -322,7 +323,7 @@ class BTF:
         self._strings = strings
         self._endian = endian
         self._types: dict[int, BtfType] = {}
-        self._name_index: dict[bytes, list[int]] | None = None
+        self._name_index: tuple[dict[int, int], dict[int, list[int]]] | None = None
         self._resolved: dict[int, int] = {}
         self._sizes: dict[int, int] = {}
         self._layouts: dict[int, Struct] = {}
@@ -527,46 +528,55 @@ class BTF:
 
     # ----- names
 
-    def _names(self) -> dict[bytes, list[int]]:
+    def _by_offset(self) -> tuple[dict[int, int], dict[int, list[int]]]:
+        """Type ids by name offset: the first id for each offset, and every id for the few
+        offsets that several types share (a struct and its FWD). Built with C-level passes:
+        a 7.x kernel's BTF has 125,000 types."""
         index = self._name_index
-        if index is not None:
-            return index
-        strings = self._strings
-        parts = strings.split(b"\0")
-        by_offset = dict(zip(accumulate((len(s) + 1 for s in parts), initial=0), parts,
-                             strict=False))
-        w, starts = self._words, self._starts
-        index = {}
-        n_strings = len(strings)
-        get = by_offset.get
-        for tid in range(1, len(starts)):
-            off = w[starts[tid]]
-            if not off:
-                continue
-            name = get(off)
-            if name is None:  # not a string start: a suffix of another string, or garbage
-                if off >= n_strings:
-                    raise ProfileError(f"BTF type {tid} has name offset {off} out of range "
-                                       f"({n_strings} bytes of strings)")
-                name = strings[off:strings.index(b"\0", off)]
-            ids = index.get(name)
-            if ids is None:
-                index[name] = [tid]
-            else:
-                ids.append(tid)
-        self._name_index = index
+        if index is None:
+            w, starts = self._words, self._starts
+            offsets = [w[start] for start in starts]
+            offsets[0] = 0  # type 0 is void
+            if max(offsets) >= len(self._strings):
+                tid = max(range(len(offsets)), key=offsets.__getitem__)
+                raise ProfileError(f"BTF type {tid} has name offset {offsets[tid]} out of "
+                                   f"range ({len(self._strings)} bytes of strings)")
+            first = dict(zip(reversed(offsets), range(len(offsets) - 1, -1, -1), strict=True))
+            first.pop(0, None)
+            shared = {off for off, count in Counter(offsets).items() if count > 1 and off}
+            several: dict[int, list[int]] = {}
+            for tid in compress(range(len(offsets)), map(shared.__contains__, offsets)):
+                several.setdefault(offsets[tid], []).append(tid)
+            index = self._name_index = (first, several)
         return index
+
+    def _ids(self, name: bytes) -> list[int]:
+        """Every type id called NAME, in id order: each place NAME sits in the string
+        section (a name may also be the tail of a longer string) that a type names."""
+        if not name or b"\0" in name:
+            return []
+        first, several = self._by_offset()
+        strings, needle = self._strings, name + b"\0"
+        ids: list[int] = []
+        at = strings.find(needle)
+        while at >= 0:
+            if at in several:
+                ids += several[at]
+            elif at in first:
+                ids.append(first[at])
+            at = strings.find(needle, at + 1)
+        return sorted(ids)
 
     def ids_named(self, name: str) -> list[int]:
         """Every type id with this exact name, in id order."""
-        return list(self._names().get(name.encode(), ()))
+        return self._ids(name.encode())
 
     def find_type(self, name: str, kind: Kind | int | Iterable[Kind | int] | None = None
                   ) -> BtfType | None:
         """Like type_named but None when absent, for probing kernel versions."""
         kinds = _kind_set(kind)
         best = None
-        for tid in self._names().get(name.encode(), ()):
+        for tid in self._ids(name.encode()):
             k = self.kind(tid)
             if kinds is not None and k not in kinds:
                 continue

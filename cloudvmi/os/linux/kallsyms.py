@@ -22,12 +22,13 @@ does not add up is rejected; only ProfileError (never IndexError or a hang) reac
 import bisect
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from itertools import accumulate, compress
-from operator import eq
+from dataclasses import dataclass
+from itertools import accumulate, compress, repeat
+from operator import add, eq
 
 from cloudvmi.errors import CloudVMIError, ProfileError
 from cloudvmi.memory.base import PhysicalMemory, Region
+from cloudvmi.os.linux.kallsyms_names import NameTables, is_permutation, unpack_seqs
 
 # The token table holds every byte value used in a name as its own one-char token, so token
 # indices 0x30..0x39 are "0".."9": ten NUL-terminated digits in a row are a rare, cheap anchor.
@@ -39,7 +40,6 @@ MAX_TOKEN_LEN = 256                 # u16 token_index caps the whole table at 64
 WINDOW_ENTRY = 2 + 512              # KSYM_NAME_LEN caps a compressed name (and its length)
 MAX_BLOCK = 256 * WINDOW_ENTRY      # bytes of names between two markers
 MAX_NAMES_BYTES = 64 << 20          # all of kallsyms_names (2.3 MiB for Debian 6.12)
-MAX_EXPANDED = 256 << 20            # characters of all names once expanded (4.6 MiB there)
 MAX_PAD = 8                         # tables are aligned to at most 8 bytes (ALGN)
 MAX_ANCHORS = 1 << 14               # anchor hits tried before giving up on a full scan
 MAX_NAME_STARTS = 64                # names-start candidates tried per markers placement
@@ -60,22 +60,56 @@ class _Reject(Exception):
         self.stage = stage
 
 
-@dataclass
 class Kallsyms:
-    """The decoded symbol table, in table order (sorted by address)."""
+    """The symbol table, in table order (sorted by address). Names come either as lists (a
+    cache, a test) or as the kernel's compressed tables, expanded when asked for."""
 
-    names: list[str]
-    addresses: list[int]
-    types: str
-    table_paddr: int  # physical address of kallsyms_token_table: a hint for the next attach
-    # Place-relative tables (7.x) give addresses relative to kallsyms_offsets' own virtual
-    # address, unknown from physical memory alone: then this is that table's physical
-    # address, and the addresses are relative to it until rebased.
-    relative_to: int | None = None
-    _by_name: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
+    def __init__(self, names: "list[str] | NameTables", addresses: list[int], types: str = "",
+                 table_paddr: int = 0, relative_to: int | None = None) -> None:
+        if isinstance(names, NameTables):
+            self.tables: NameTables | None = names
+            self._names: list[str] | None = None
+            self._types: str | None = None
+        else:
+            self.tables, self._names, self._types = None, list(names), types
+        self.addresses = addresses
+        self.table_paddr = table_paddr  # kallsyms_token_table's: a hint for the next attach
+        # Place-relative tables (7.x) give addresses relative to kallsyms_offsets' own virtual
+        # address, unknown from physical memory alone: then this is that table's physical
+        # address, and the addresses are relative to it until rebased.
+        self.relative_to = relative_to
+        self._by_name: dict[str, int] | None = None
+        self._found: dict[str, int | None] = {}
+
+    def _expand(self) -> None:
+        entries = self.tables.all()
+        self._types = "".join(e[0] for e in entries)
+        self._names = [e[1:] for e in entries]
+
+    @property
+    def names(self) -> list[str]:
+        if self._names is None:
+            self._expand()
+        return self._names
+
+    @property
+    def types(self) -> str:
+        if self._types is None:
+            self._expand()
+        return self._types
+
+    def name_at(self, i: int) -> str:
+        return self._names[i] if self._names is not None else self.tables.name(i)
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.addresses)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Kallsyms) and (
+            self.addresses, self.table_paddr, self.relative_to, self.names, self.types) == (
+            other.addresses, other.table_paddr, other.relative_to, other.names, other.types)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def _index(self) -> dict[str, int]:
         if self._by_name is None:
@@ -84,15 +118,21 @@ class Kallsyms:
                                      strict=True))
         return self._by_name
 
+    def get(self, name: str, default: int | None = None) -> int | None:
+        if self._by_name is None and self.tables is not None and self.tables.seqs is not None:
+            if name not in self._found:  # by seqs_of_names, as the kernel looks names up
+                i = self.tables.find(name)
+                self._found[name] = None if i is None else self.addresses[i]
+            found = self._found[name]
+            return default if found is None else found
+        return self._index().get(name, default)
+
     def lookup(self, name: str) -> int:
         """Address of NAME; KeyError if the kernel has no such symbol."""
-        try:
-            return self._index()[name]
-        except KeyError:
-            raise KeyError(f"kernel symbol {name!r} not found") from None
-
-    def get(self, name: str, default: int | None = None) -> int | None:
-        return self._index().get(name, default)
+        found = self.get(name)
+        if found is None:
+            raise KeyError(f"kernel symbol {name!r} not found")
+        return found
 
     def symbolize(self, address: int) -> tuple[str, int] | None:
         """Nearest symbol at or below ADDRESS and the offset into it; None below the first."""
@@ -100,14 +140,14 @@ class Kallsyms:
         if i < 0:
             return None
         i = bisect.bisect_left(self.addresses, self.addresses[i], 0, i)  # first alias, as kernel
-        return self.names[i], address - self.addresses[i]
+        return self.name_at(i), address - self.addresses[i]
 
     def aliases(self, address: int) -> list[str]:
         """Every name at exactly ADDRESS (a function often has several: __x64_sys_getpid and
         __do_sys_getpid), in table order; empty when no symbol starts there."""
         lo = bisect.bisect_left(self.addresses, address)
         hi = bisect.bisect_right(self.addresses, address, lo)
-        return self.names[lo:hi]
+        return [self.name_at(i) for i in range(lo, hi)]
 
     def next_address(self, address: int) -> int | None:
         """The first symbol address above ADDRESS: where the object at ADDRESS ends at the
@@ -115,12 +155,16 @@ class Kallsyms:
         i = bisect.bisect_right(self.addresses, address)
         return self.addresses[i] if i < len(self.addresses) else None
 
+    def with_addresses(self, addresses: list[int]) -> "Kallsyms":
+        """The same names at other addresses (another boot's slide), sharing what was expanded."""
+        names = self.tables if self._names is None else self._names
+        return Kallsyms(names, addresses, self._types or "", self.table_paddr)
+
     def rebased(self, table_virt: int) -> "Kallsyms":
         """The absolute table, once kallsyms_offsets' virtual address is known."""
         if self.relative_to is None:
             return self
-        return Kallsyms(self.names, [table_virt + a for a in self.addresses], self.types,
-                        self.table_paddr)
+        return self.with_addresses(list(map(add, self.addresses, repeat(table_virt))))
 
     def to_cache(self) -> dict:
         """JSON-able; keep table_paddr to pass as the hint on the next attach."""
@@ -155,9 +199,12 @@ def find_kallsyms(memory: PhysicalMemory, hint: int | None = None) -> Kallsyms:
     raise AssertionError("unreachable: kallsyms_candidates raises when it finds nothing")
 
 
-def kallsyms_at(memory: PhysicalMemory, token_table: int) -> Kallsyms:
+def kallsyms_at(memory: PhysicalMemory, token_table: int,
+                offsets: tuple[int, int] | None = None) -> Kallsyms:
     """Decode the tables whose kallsyms_token_table starts at TOKEN_TABLE (a physical address
-    the kernel gave, e.g. in VMCOREINFO): the same proofs as a scan, at one place."""
+    the kernel gave, e.g. in VMCOREINFO): the same proofs as a scan, at one place. OFFSETS,
+    (physical, virtual) address of kallsyms_offsets, places a place-relative (7.x) table at
+    once; it must then be there."""
     region = _region_of(memory.regions(), token_table)
     if region is None:
         raise ProfileError(f"kallsyms_token_table {token_table:#x} is outside RAM")
@@ -168,7 +215,7 @@ def kallsyms_at(memory: PhysicalMemory, token_table: int) -> Kallsyms:
         at = head.find(ANCHOR)
         if at < 0:
             raise _Reject("no token table there")
-        found = _decode_at(span, token_table + at)
+        found = _decode_at(span, token_table + at, offsets)
     except _Reject as exc:
         raise ProfileError(f"kallsyms at {token_table:#x}: {exc}") from None
     if found.table_paddr != token_table:
@@ -286,26 +333,51 @@ class _Tokens:
     tokens: list[str]
 
 
-def _decode_at(span: _Span, anchor: int) -> Kallsyms:
+def _decode_at(span: _Span, anchor: int, offsets: tuple[int, int] | None = None) -> Kallsyms:
     tok = _parse_tokens(span, anchor)
     best = _Reject("token table found, but no kallsyms_markers before it", 1)
-    for mstart, markers, known_n in _markers_candidates(span, tok):
+    for mstart, markers, known_n, seqs_at in _markers_candidates(span, tok):
         if best.stage < 2:
             best = _Reject(f"no kallsyms_num_syms and kallsyms_names fit the {len(markers)} "
                            f"kallsyms_markers at {mstart:#x}", 2)
         for names_start, n, num_syms_at in _names_candidates(span, mstart, markers, known_n, tok):
             try:
-                names, types = _decode_names(span, names_start, n, mstart, markers, tok.tokens)
+                tables = _prove_names(span, names_start, n, mstart, markers, tok.tokens)
             except _Reject as exc:
                 best = _Reject(f"{n} names at {names_start:#x}: {exc}", 3)
                 continue
             try:
-                    addresses, relative_to = _find_addresses(span, n, num_syms_at, tok)
+                addresses, relative_to, offsets_end = _find_addresses(span, n, num_syms_at, tok,
+                                                                      offsets)
             except _Reject as exc:
                 best = _Reject(f"{n} names at {names_start:#x} decode, but {exc}", 4)
                 continue
-            return Kallsyms(names, addresses, types, tok.start, relative_to)
+            tables.seqs = _seqs(span, n, seqs_at, offsets_end)
+            if tables.seqs is not None and not tables._ordered():
+                tables.seqs = None
+            return Kallsyms(tables, addresses, "", tok.start, relative_to)
     raise best
+
+
+def _seqs(span: _Span, n: int, seqs_at: tuple[int, int] | None,
+          offsets_end: int) -> list[int] | None:
+    """kallsyms_seqs_of_names (6.2+, Debian's 6.1): where the markers search met it, or after
+    kallsyms_offsets (and relative_base), 3 bytes an entry; None when there is none."""
+    places = [seqs_at] if seqs_at else []
+    for pad in range(MAX_PAD):
+        places += [(offsets_end + pad, 3), (offsets_end + pad, 4)]
+    for start, width in places:
+        try:  # the first and last entries first: most places fail there
+            ends = unpack_seqs(span.read(start, width) + span.read(start + width * (n - 1),
+                                                                  width), width)
+            if max(ends) >= n:
+                continue
+            seqs = unpack_seqs(span.read(start, width * n), width)
+        except _Reject:
+            continue
+        if is_permutation(seqs):
+            return seqs
+    return None
 
 
 def _parse_tokens(span: _Span, anchor: int) -> _Tokens:
@@ -349,8 +421,10 @@ def _markers_ok(markers: tuple[int, ...] | list[int]) -> bool:
         512 <= b - a <= MAX_BLOCK for a, b in zip(markers, markers[1:], strict=False))
 
 
-def _markers_candidates(span: _Span, tok: _Tokens) -> Iterator[tuple[int, list[int], int | None]]:
-    """(markers start, markers, num_syms if known) for every placement before the token table.
+def _markers_candidates(span: _Span, tok: _Tokens
+                        ) -> Iterator[tuple[int, list[int], int | None, tuple[int, int] | None]]:
+    """(markers start, markers, num_syms if known, (seqs_of_names start, width) if met) for
+    every placement before the token table.
 
     Markers either end right before the token table or before a seqs_of_names between them.
     """
@@ -360,7 +434,7 @@ def _markers_candidates(span: _Span, tok: _Tokens) -> Iterator[tuple[int, list[i
             break
         markers = _markers_ending_at(span, end)
         if markers is not None:
-            yield end - 4 * len(markers), markers, None
+            yield end - 4 * len(markers), markers, None, None
     for width in (3, 4):
         for pad in range(MAX_PAD):
             end = tok.start - pad
@@ -379,7 +453,7 @@ def _markers_candidates(span: _Span, tok: _Tokens) -> Iterator[tuple[int, list[i
                         break
                     markers = list(struct.unpack(f"<{k}I", raw))
                     if _markers_ok(markers):
-                        yield mend - 4 * k, markers, n
+                        yield mend - 4 * k, markers, n, (seqs_start, width)
 
 
 def _markers_ending_at(span: _Span, end: int) -> list[int] | None:
@@ -396,15 +470,6 @@ def _markers_ending_at(span: _Span, end: int) -> list[int] | None:
             return None
         i -= 1
     return list(words[i:]) if words[i] == 0 else None
-
-
-def _unpack_seqs(raw: bytes, width: int) -> list[int]:
-    """Entries of seqs_of_names: u32 little-endian, or 3 bytes big-endian (widened in C)."""
-    if width == 3:
-        wide = bytearray(len(raw) // 3 * 4)
-        wide[0::4], wide[1::4], wide[2::4] = raw[2::3], raw[1::3], raw[0::3]
-        raw = bytes(wide)
-    return list(struct.unpack(f"<{len(raw) // 4}I", raw))
 
 
 def _permutation_lengths(span: _Span, end: int, width: int) -> Iterator[int]:
@@ -426,7 +491,7 @@ def _permutation_lengths(span: _Span, end: int, width: int) -> Iterator[int]:
         if n <= 0:
             return
         raw = span.read(end - width * (have + n), width * n)
-        new = _unpack_seqs(raw, width)[::-1]
+        new = unpack_seqs(raw, width)[::-1]
         running = list(accumulate(new, max, initial=best))[1:]
         values.extend(new)
         best = running[-1]
@@ -512,55 +577,25 @@ def _first_block_fits(span: _Span, start: int, n: int, mstart: int, markers: lis
     return 0 <= mstart - (start + pos) < MAX_PAD
 
 
-def _decode_names(span: _Span, start: int, n: int, mstart: int, markers: list[int],
-                  tokens: list[str]) -> tuple[list[str], str]:
-    """Expand all N names; each block of 256 must start at its marker, the last end at mstart.
-
-    The hot loop leans on exceptions and the marker checks instead of testing every entry: a
-    bad length shows up as a block that misses its marker, an empty name, or a run past the
-    end (IndexError, turned into a rejection here).
-    """
+def _prove_names(span: _Span, start: int, n: int, mstart: int, markers: list[int],
+                 tokens: list[str]) -> NameTables:
+    """The N names between START and the markers, proved on a sample (NameTables.prove);
+    they are expanded when asked for."""
     blob = span.read(start, mstart - start)
-    if len(blob) * max(map(len, tokens)) > MAX_EXPANDED and sum(
-            blob.translate(bytes(min(len(t), 255) for t in tokens))) > MAX_EXPANDED:
-        raise _Reject("kallsyms_names would expand past any real kernel's")
-    full: list[str] = []
-    append = full.append
-    join = "".join
-    tok = tokens.__getitem__
-    pos = 0
     try:
-        for k, marker in enumerate(markers):
-            if pos != marker:
-                raise _Reject(f"kallsyms_markers[{k}] does not match kallsyms_names")
-            for _ in range(min(256, n - 256 * k)):
-                length = blob[pos]
-                if length & 0x80:
-                    pos, end = _entry_span(blob, pos)
-                else:
-                    pos += 1
-                    end = pos + length
-                append(join(map(tok, blob[pos:end])))
-                pos = end
-    except IndexError:
-        raise _Reject("kallsyms_names runs past its end") from None
-    size = len(blob)
-    if not 0 <= size - pos < MAX_PAD or blob[pos:].strip(b"\0"):
-        raise _Reject("kallsyms_names does not end at kallsyms_markers")
-    types = join([s[0] for s in full if s])
-    if len(types) != n or not (types.isascii() and types.isalpha()):
-        raise _Reject("symbol types are not letters")
-    names = [s[1:] for s in full]
-    if not all(names):
-        raise _Reject("empty symbol name")
-    return names, types
+        tables = NameTables(tokens, blob, markers, n)
+        tables.prove(MAX_PAD)
+    except ProfileError as exc:
+        raise _Reject(str(exc)) from None
+    return tables
 
 
-def _find_addresses(span: _Span, n: int, num_syms_at: int,
-                    tok: _Tokens) -> tuple[list[int], int | None]:
+def _find_addresses(span: _Span, n: int, num_syms_at: int, tok: _Tokens,
+                    known: tuple[int, int] | None = None) -> tuple[list[int], int | None, int]:
     """kallsyms_offsets, before num_syms (old) or after token_index, decoded against
     kallsyms_relative_base where one follows (5.x, 6.x), else place-relative (7.x):
-    (addresses, None) or (addresses relative to the table, the table's physical address)."""
+    (addresses, None, end) or (addresses relative to the table, the table's physical
+    address, end), END being where the tables after it may start."""
     last = "no kallsyms_offsets placement decodes to sorted addresses"
     unbased: dict[int, tuple[int, ...]] = {}
     for start, base_at in _offsets_places(span, n, num_syms_at, tok.index + 512):
@@ -579,19 +614,24 @@ def _find_addresses(span: _Span, n: int, num_syms_at: int,
             continue
         addresses = _addresses(offsets, base)
         if addresses is not None:
-            return addresses, None
+            return addresses, None, base_at + 8
     for start, offsets in unbased.items():  # no base fits: try each entry against its place
-        addresses = _place_relative(offsets)
+        if known is not None and start != known[0]:
+            continue  # KNOWN says where the table is, and so where its entries point
+        addresses = _place_relative(offsets, known[1] if known else 0)
         if addresses is not None:
-            return addresses, start
+            return addresses, None if known else start, start + 4 * n
     raise _Reject(last + ", nor as place-relative offsets")
 
 
-def _place_relative(offsets: tuple[int, ...]) -> list[int] | None:
+def _place_relative(offsets: tuple[int, ...], place: int = 0) -> list[int] | None:
     """Entry i holds (symbol address - address of entry i); sorted by address, within the
     span of one kernel image (1 GiB on x86-64)."""
-    relative = [4 * i + o for i, o in enumerate(offsets)]
-    if relative and relative[-1] - relative[0] < 1 << 30 and _sorted(relative):
+    head = list(map(add, offsets[:256], range(0, 1024, 4)))  # most wrong places fail here
+    if not head or not _sorted(head):
+        return None
+    relative = list(map(add, offsets, range(place, place + 4 * len(offsets), 4)))
+    if relative[-1] - relative[0] < 1 << 30 and _sorted(relative):
         return relative
     return None
 

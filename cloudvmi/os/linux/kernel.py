@@ -54,12 +54,7 @@ class LinuxKernel:
         self.text_virt = text_virt
         self.levels = levels
         self.stats = stats
-        self.symbols = Kallsyms(
-            names=profile.names,
-            addresses=profile.addresses(text_virt),
-            types=profile.types,
-            table_paddr=0,
-        )
+        self.symbols = profile.symbols(text_virt)
         self.image_end = self.symbols.get("_end") or text_virt + (64 << 20)
         pgd = self.symbols.get("init_top_pgt") or self.symbols.lookup("init_level4_pgt")
         self.kernel_pgd = self.image_phys(pgd)
@@ -151,15 +146,19 @@ def locate(phys: PhysicalMemory, cache_dir: Path | None = None, arch: Arch | Non
     arch = arch or arches.get()
     store = ProfileStore(cache_dir)
     start = time.perf_counter()
-    for profile, btf_path in store.load_all():
-        text_phys = _load_slot(phys, arch, (profile.banner_offset, profile.banner))
+    for meta, base in store.candidates():
+        try:
+            banner = meta["banner"].encode("latin-1")
+            text_phys = _load_slot(phys, arch, (int(meta["banner_offset"]), banner))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
         if text_phys is None:
             continue
         stats = LocateStats(warm=True, how="cached profile")
         stats.seconds["find_load_address"] = time.perf_counter() - start
         try:
-            btf_blob = btf_path.read_bytes()
-        except OSError:
+            profile, btf_blob = store.load(meta, base)
+        except (OSError, ProfileError):
             continue
         if profile.btf_offset >= 0 and (
                 phys.read(text_phys + profile.btf_offset, 24) != btf_blob[:24]):
@@ -238,12 +237,9 @@ def _symbols_from_note(phys: PhysicalMemory, arch: Arch,
     stext = info.symbol("_stext")
     table = info.symbol("kallsyms_token_table")
     if table is not None:
-        syms = kallsyms_at(phys, (table - delta) % (1 << 64))
-        if syms.relative_to is not None:
-            offsets = info.symbol("kallsyms_offsets")
-            if offsets is None or (offsets - delta) % (1 << 64) != syms.relative_to:
-                raise ProfileError("kallsyms_offsets is not where the note says")
-            syms = syms.rebased(offsets)
+        offsets = info.symbol("kallsyms_offsets")
+        syms = kallsyms_at(phys, (table - delta) % (1 << 64), None if offsets is None else (
+            (offsets - delta) % (1 << 64), offsets))
     else:
         agreeing = (s for n, s in enumerate(kallsyms_candidates(phys))
                     if n < MAX_CANDIDATES and s.relative_to is None and s.get("_stext") == stext)
@@ -303,8 +299,7 @@ def _from_symbols(phys: PhysicalMemory, arch: Arch, syms: Kallsyms, stats: Locat
         profile = Profile.from_symbols(
             banner=banner, banner_offset=banner_virt - text_virt,
             btf_offset=btf_virt - text_virt if source == MEMORY else -1,
-            btf_size=len(blob), names=syms.names, addresses=syms.addresses, types=syms.types,
-            text_virt=text_virt, types_source=source,
+            btf_size=len(blob), symbols=syms, text_virt=text_virt, types_source=source,
         )
         try:
             kernel = _finish(phys, arch, profile, blob, text_phys,
@@ -377,9 +372,10 @@ def _finish(phys: PhysicalMemory, arch: Arch, profile: Profile, btf_blob: bytes,
     t0 = time.perf_counter()
     btf = BTF.from_bytes(btf_blob)
     stats.seconds["btf_parse"] = time.perf_counter() - t0
-    offsets = dict(zip(profile.names, profile.offsets, strict=False))
-    levels = _paging_levels(phys, arch, text_phys, offsets)
-    pgd_off = offsets.get("init_top_pgt", offsets.get("init_level4_pgt"))
+    levels = _paging_levels(phys, arch, text_phys, profile)
+    pgd_off = profile.offset("init_top_pgt")
+    if pgd_off is None:
+        pgd_off = profile.offset("init_level4_pgt")
     if pgd_off is None:
         raise ProfileError("no init_top_pgt symbol: cannot find the kernel page tables")
     pgd_phys = text_phys + pgd_off
@@ -393,9 +389,8 @@ def _finish(phys: PhysicalMemory, arch: Arch, profile: Profile, btf_blob: bytes,
     return LinuxKernel(phys, profile, btf, text_phys, found, levels, stats, arch)
 
 
-def _paging_levels(phys: PhysicalMemory, arch: Arch, text_phys: int,
-                   offsets: dict[str, int]) -> int:
-    off = offsets.get("__pgtable_l5_enabled")
+def _paging_levels(phys: PhysicalMemory, arch: Arch, text_phys: int, profile: Profile) -> int:
+    off = profile.offset("__pgtable_l5_enabled")
     if off is None:
         return 4
     return 5 if struct.unpack(arch.endian + "I", phys.read(text_phys + off, 4))[0] else 4

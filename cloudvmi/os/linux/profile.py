@@ -4,15 +4,23 @@ A profile depends only on the kernel build, not on the boot: addresses are kept 
 _text, so a warm attach only has to find where this boot put the kernel.
 """
 
+import base64
+import bisect
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from array import array
+from dataclasses import dataclass, field
+from itertools import repeat
+from operator import add, sub
 from pathlib import Path
 
 from cloudvmi.errors import ProfileError
+from cloudvmi.os.linux.kallsyms import Kallsyms
+from cloudvmi.os.linux.kallsyms_names import NameTables
 
 KERNEL_SPACE = 0xFFFF_8000_0000_0000  # addresses below this are not slid kernel addresses
+VERSION = 2  # of the cached format: 2 keeps kallsyms' names compressed
 MEMORY = "memory"  # types_source of a kernel whose BTF was read from its own image
 
 
@@ -22,80 +30,127 @@ class Profile:
     banner_offset: int  # linux_banner - _text
     btf_offset: int  # __start_BTF - _text; -1 when the types came from outside the guest
     btf_size: int
-    names: list[str]
+    names: NameTables  # kallsyms' names, kept compressed as the kernel keeps them
     offsets: list[int]  # symbol address - _text, except for the absolute ones
-    types: str
-    absolute: list[int]  # indices of symbols that do not move with KASLR (per-CPU offsets)
+    absolute: int  # how many symbols, first in the table, do not move with KASLR (per-CPU)
     types_source: str = MEMORY  # or the file the types came from
+    _relative: Kallsyms | None = field(default=None, init=False, repr=False, compare=False)
+    _placed: tuple[int, list[int]] | None = field(default=None, init=False, repr=False,
+                                                  compare=False)
 
     @classmethod
     def from_symbols(cls, banner: bytes, banner_offset: int, btf_offset: int, btf_size: int,
-                     names: list[str], addresses: list[int], types: str,
-                     text_virt: int, types_source: str = MEMORY) -> "Profile":
-        absolute = [i for i, a in enumerate(addresses) if a < KERNEL_SPACE]
-        fixed = set(absolute)
-        offsets = [a if i in fixed else a - text_virt for i, a in enumerate(addresses)]
-        return cls(banner, banner_offset, btf_offset, btf_size, names, offsets, types, absolute,
-                   types_source)
+                     symbols: Kallsyms, text_virt: int, types_source: str = MEMORY) -> "Profile":
+        if symbols.tables is None:
+            raise ProfileError("a profile keeps kallsyms' own tables")
+        addresses = symbols.addresses
+        absolute = bisect.bisect_left(addresses, KERNEL_SPACE)  # sorted: they come first
+        offsets = addresses[:absolute] + list(map(sub, addresses[absolute:],
+                                                  repeat(text_virt)))
+        profile = cls(banner, banner_offset, btf_offset, btf_size, symbols.tables, offsets,
+                      absolute, types_source)
+        profile._placed = (text_virt, addresses)  # this boot's, if the page tables agree
+        return profile
 
-    def addresses(self, text_virt: int) -> list[int]:
-        """Symbol addresses for a boot whose _text is at TEXT_VIRT."""
-        out = [text_virt + off for off in self.offsets]
-        for i in self.absolute:
-            out[i] = self.offsets[i]
-        return out
+    def symbols(self, text_virt: int) -> Kallsyms:
+        """The symbol table of a boot whose _text is at TEXT_VIRT."""
+        if self._placed is not None and self._placed[0] == text_virt:
+            return Kallsyms(self.names, self._placed[1])
+        k = self.absolute
+        return Kallsyms(self.names, self.offsets[:k] + list(map(add, self.offsets[k:],
+                                                                repeat(text_virt))))
+
+    def offset(self, name: str) -> int | None:
+        """NAME's address relative to _text (absolute symbols: their value)."""
+        if self._relative is None:
+            self._relative = Kallsyms(self.names, self.offsets)
+        return self._relative.get(name)
 
     @property
     def key(self) -> str:
         return hashlib.sha256(self.banner).hexdigest()[:24]
 
-    def to_json(self) -> dict:
-        return {
-            "banner": self.banner.decode("latin-1"), "banner_offset": self.banner_offset,
-            "btf_offset": self.btf_offset, "btf_size": self.btf_size,
-            "names": self.names, "offsets": self.offsets, "types": self.types,
+    def pack(self) -> tuple[dict, bytes]:
+        """(small JSON-able part, the symbol tables as bytes): the cache keeps the bytes in a
+        file of their own, so finding the profile of a boot reads only the small parts."""
+        names, names_payload = self.names.pack()
+        offsets = array("q", self.offsets).tobytes()
+        meta = {
+            "version": VERSION, "banner": self.banner.decode("latin-1"),
+            "banner_offset": self.banner_offset, "btf_offset": self.btf_offset,
+            "btf_size": self.btf_size, "names": names, "offsets": len(offsets),
             "absolute": self.absolute, "types_source": self.types_source,
         }
+        return meta, offsets + names_payload
+
+    @classmethod
+    def unpack(cls, meta: dict, payload: bytes) -> "Profile":
+        try:
+            if meta.get("version") != VERSION:
+                raise ProfileError("cached profile of another format")
+            size = int(meta["offsets"])
+            offsets = array("q")
+            offsets.frombytes(payload[:size])
+            names = NameTables.unpack(meta["names"], payload[size:])
+            if len(offsets) != len(names):
+                raise ProfileError("corrupt cached profile: offsets and names differ")
+            return cls(
+                banner=meta["banner"].encode("latin-1"), banner_offset=int(meta["banner_offset"]),
+                btf_offset=int(meta["btf_offset"]), btf_size=int(meta["btf_size"]),
+                names=names, offsets=offsets.tolist(), absolute=int(meta["absolute"]),
+                types_source=str(meta.get("types_source", MEMORY)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProfileError(f"corrupt cached profile: {exc}") from exc
+
+    def to_json(self) -> dict:
+        """Self-contained (for an agent's client)."""
+        meta, payload = self.pack()
+        return {**meta, "payload": base64.b64encode(payload).decode()}
 
     @classmethod
     def from_json(cls, data: dict) -> "Profile":
         try:
-            return cls(
-                banner=data["banner"].encode("latin-1"), banner_offset=int(data["banner_offset"]),
-                btf_offset=int(data["btf_offset"]), btf_size=int(data["btf_size"]),
-                names=list(data["names"]), offsets=[int(x) for x in data["offsets"]],
-                types=str(data["types"]), absolute=[int(x) for x in data["absolute"]],
-                types_source=str(data.get("types_source", MEMORY)),
-            )
+            payload = base64.b64decode(data["payload"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ProfileError(f"corrupt cached profile: {exc}") from exc
+            raise ProfileError(f"corrupt profile: {exc}") from exc
+        return cls.unpack(data, payload)
 
 
 class ProfileStore:
-    """Profiles in a directory: <key>.json plus <key>.btf (the raw BTF blob)."""
+    """Profiles in a directory: <key>.json (what identifies the build), <key>.sym (the
+    symbol tables) and <key>.btf (the raw BTF blob)."""
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
 
-    def load_all(self) -> list[tuple[Profile, Path]]:
+    def candidates(self) -> list[tuple[dict, Path]]:
+        """(identifying part, path without suffix) of every cached profile."""
         if self.directory is None or not self.directory.exists():
             return []
         out = []
         for path in sorted(self.directory.glob("*.json")):
             try:
-                out.append((Profile.from_json(json.loads(path.read_text())),
-                            path.with_suffix(".btf")))
-            except (OSError, ValueError, ProfileError):
+                meta = json.loads(path.read_text())
+                if isinstance(meta, dict) and meta.get("version") == VERSION:
+                    out.append((meta, path.with_suffix("")))
+            except (OSError, ValueError):
                 continue
         return out
+
+    def load(self, meta: dict, base: Path) -> tuple[Profile, bytes]:
+        """The profile and its BTF blob; ProfileError or OSError if they do not load."""
+        profile = Profile.unpack(meta, base.with_suffix(".sym").read_bytes())
+        return profile, base.with_suffix(".btf").read_bytes()
 
     def save(self, profile: Profile, btf_blob: bytes) -> None:
         if self.directory is None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         base = self.directory / profile.key
-        for suffix, data in ((".btf", btf_blob),
-                             (".json", json.dumps(profile.to_json()).encode())):
-            tmp = base.with_suffix(suffix + f".{os.getpid()}.tmp")
+        meta, payload = profile.pack()
+        for suffix, data in ((".btf", btf_blob), (".sym", payload),
+                             (".json", json.dumps(meta).encode())):  # the json last: it is
+            tmp = base.with_suffix(suffix + f".{os.getpid()}.tmp")  # what marks it complete
             tmp.write_bytes(data)
             tmp.rename(base.with_suffix(suffix))

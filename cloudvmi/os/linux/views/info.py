@@ -85,7 +85,7 @@ def info(kernel: LinuxKernel) -> KernelInfo:
         version=kernel.banner, release=release, hostname=hostname, cmdline=cmdline,
         uptime=_uptime(kernel), paging_levels=kernel.levels, text_virtual=kernel.text_virt,
         text_physical=kernel.text_phys, kaslr_virtual_slide=kernel.text_virt - DEFAULT_TEXT,
-        page_offset_base=kernel.page_offset, symbols=len(kernel.profile.names),
+        page_offset_base=kernel.page_offset, symbols=len(kernel.symbols),
         btf_types=len(kernel.btf), warm_profile=kernel.stats.warm,
         types_source=kernel.profile.types_source, located_by=kernel.stats.how,
         locate_seconds=dict(kernel.stats.seconds),
