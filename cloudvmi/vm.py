@@ -233,6 +233,9 @@ class VM:
             if self.qmp:
                 self.qmp.close()
             self.phys.close()
+            from cloudvmi.os.linux.profile import ProfileStore
+
+            ProfileStore(self.profile_cache).flush()  # a profile still being cached lands
 
     def __enter__(self) -> "VM":
         return self

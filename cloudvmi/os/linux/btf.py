@@ -77,6 +77,10 @@ for _k, _fixed, _per in [
 ]:
     _FIXED_WORDS[_k] = _fixed
     _VLEN_WORDS[_k] = _per
+# The same by the info word's top byte (kind_flag, 2 unused bits, kind), header included:
+# the index pass then needs one shift per type (a 7.x kernel has 125,000).
+_RECORD_WORDS = [3 + _FIXED_WORDS[_hi & 0x1F] for _hi in range(256)]
+_RECORD_VLEN = [_VLEN_WORDS[_hi & 0x1F] for _hi in range(256)]
 
 # Kinds whose third word is a type id rather than a size.
 _REF_KINDS = frozenset({Kind.PTR, Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT,
@@ -815,14 +819,15 @@ def _index_types(words: array) -> array:
     """Record the start of every type in one pass; reject unknown kinds and truncation."""
     starts = array("I", [0])
     append = starts.append
-    fixed, per_vlen = _FIXED_WORDS, _VLEN_WORDS
+    fixed = _FIXED_WORDS
+    record, record_vlen = _RECORD_WORDS, _RECORD_VLEN
     n = len(words)
     pos = 0
     try:
         while pos < n:
             info = words[pos + 1]
-            kind = (info >> 24) & 0x1F
-            nxt = pos + 3 + fixed[kind] + (info & 0xFFFF) * per_vlen[kind]
+            top = info >> 24
+            nxt = pos + record[top] + (info & 0xFFFF) * record_vlen[top]
             if nxt > n:
                 break
             append(pos)

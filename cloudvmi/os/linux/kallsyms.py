@@ -224,10 +224,12 @@ def kallsyms_at(memory: PhysicalMemory, token_table: int,
     return found
 
 
-def kallsyms_candidates(memory: PhysicalMemory, hint: int | None = None) -> Iterator[Kallsyms]:
+def kallsyms_candidates(memory: PhysicalMemory, hint: int | None = None,
+                        within: tuple[int, int] | None = None) -> Iterator[Kallsyms]:
     """Every self-consistent kallsyms table, in the order find_kallsyms tries them. A guest
     can plant a consistent fake: callers that can cross-check (page tables, BTF) take the
-    first that passes. Raises ProfileError when there is none at all."""
+    first that passes. WITHIN (start, end) limits the scan to where the kernel image is
+    known to be. Raises ProfileError when there is none at all."""
     regions = memory.regions()
     reasons: list[tuple[int, str]] = []
     tried: set[int] = set()
@@ -240,7 +242,7 @@ def kallsyms_candidates(memory: PhysicalMemory, hint: int | None = None) -> Iter
                 found_any = True
                 yield found
     count = 0
-    for anchor in memory.find(ANCHOR):
+    for anchor in memory.find(ANCHOR, *(within or ())):
         if anchor in tried:
             continue
         count += 1

@@ -112,9 +112,39 @@ class NameTables:
             if len(self.blob) * max(lengths) > MAX_EXPANDED and sum(
                     self.blob.translate(lengths)) > MAX_EXPANDED:
                 raise ProfileError("kallsyms_names would expand past any real kernel's")
-            self._all = [self.entry(i) for i in range(self.count)]
+            self._all = self._expand_all()
             self._entries.clear()
         return self._all
+
+    def _expand_all(self) -> list[str]:
+        """One tight pass over all names; each block must start at its marker. The loop leans
+        on exceptions: a bad length shows as a block that misses its marker or an IndexError."""
+        blob, count = self.blob, self.count
+        full: list[str] = []
+        append = full.append
+        join = "".join
+        tok = self.tokens.__getitem__
+        pos = 0
+        try:
+            for k, marker in enumerate(self.markers):
+                if pos != marker:
+                    raise ProfileError(f"kallsyms_markers[{k}] does not match kallsyms_names")
+                for _ in range(min(BLOCK, count - BLOCK * k)):
+                    length = blob[pos]
+                    if length & 0x80:
+                        length = (length & 0x7F) | blob[pos + 1] << 7
+                        pos += 1
+                    pos += 1
+                    end = pos + length
+                    if end > len(blob):
+                        raise IndexError
+                    append(join(map(tok, blob[pos:end])))
+                    pos = end
+        except IndexError:
+            raise ProfileError("kallsyms_names runs past its end") from None
+        if not all(full):
+            raise ProfileError("empty kallsyms entry")
+        return full
 
     # -- proof -------------------------------------------------------------------------------
     def prove(self, end_slack: int) -> None:

@@ -185,6 +185,7 @@ def _load_slot(phys: PhysicalMemory, arch: Arch, *checks: tuple[int, bytes]) -> 
 
 
 MAX_CANDIDATES = 8  # consistent kallsyms tables tried before giving up (fakes are hostile)
+MAX_IMAGE = 256 << 20  # a kernel image's text, data and tables together (Debian's: ~40 MiB)
 
 
 def _locate_cold(phys: PhysicalMemory, arch: Arch, store: ProfileStore,
@@ -240,8 +241,12 @@ def _symbols_from_note(phys: PhysicalMemory, arch: Arch,
         offsets = info.symbol("kallsyms_offsets")
         syms = kallsyms_at(phys, (table - delta) % (1 << 64), None if offsets is None else (
             (offsets - delta) % (1 << 64), offsets))
-    else:
-        agreeing = (s for n, s in enumerate(kallsyms_candidates(phys))
+    else:  # before 6.0: scan the kernel image the note places
+        if stext is None:
+            raise ProfileError("the note gives no _stext")
+        start = (stext - delta) % (1 << 64)
+        image = (start, start + MAX_IMAGE)
+        agreeing = (s for n, s in enumerate(kallsyms_candidates(phys, within=image))
                     if n < MAX_CANDIDATES and s.relative_to is None and s.get("_stext") == stext)
         syms = next(agreeing, None)
         if syms is None:

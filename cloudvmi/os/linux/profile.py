@@ -9,6 +9,7 @@ import bisect
 import hashlib
 import json
 import os
+import threading
 from array import array
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -20,6 +21,8 @@ from cloudvmi.os.linux.kallsyms import Kallsyms
 from cloudvmi.os.linux.kallsyms_names import NameTables
 
 KERNEL_SPACE = 0xFFFF_8000_0000_0000  # addresses below this are not slid kernel addresses
+_PENDING: dict[Path, list[threading.Thread]] = {}  # profiles being written, by store
+_LOCK = threading.Lock()
 VERSION = 2  # of the cached format: 2 keeps kallsyms' names compressed
 MEMORY = "memory"  # types_source of a kernel whose BTF was read from its own image
 
@@ -126,6 +129,7 @@ class ProfileStore:
 
     def candidates(self) -> list[tuple[dict, Path]]:
         """(identifying part, path without suffix) of every cached profile."""
+        self.flush()
         if self.directory is None or not self.directory.exists():
             return []
         out = []
@@ -144,13 +148,34 @@ class ProfileStore:
         return profile, base.with_suffix(".btf").read_bytes()
 
     def save(self, profile: Profile, btf_blob: bytes) -> None:
+        """Write the profile in the background: the files (7 MB for a 7.x kernel) are not
+        on the path to the first result. The next look at this store waits for them, and the
+        interpreter does at exit; each file lands whole (written aside, then renamed)."""
         if self.directory is None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        base = self.directory / profile.key
         meta, payload = profile.pack()
-        for suffix, data in ((".btf", btf_blob), (".sym", payload),
-                             (".json", json.dumps(meta).encode())):  # the json last: it is
-            tmp = base.with_suffix(suffix + f".{os.getpid()}.tmp")  # what marks it complete
-            tmp.write_bytes(data)
-            tmp.rename(base.with_suffix(suffix))
+        files = ((".btf", btf_blob), (".sym", payload),
+                 (".json", json.dumps(meta).encode()))  # the json last: it marks it complete
+        thread = threading.Thread(target=self._write, args=(self.directory / profile.key, files),
+                                  name="cloudvmi-profile-save")
+        with _LOCK:
+            _PENDING.setdefault(self.directory, []).append(thread)
+        thread.start()
+
+    def flush(self) -> None:
+        """Wait for the profiles this process is still writing to this store."""
+        with _LOCK:
+            threads = _PENDING.pop(self.directory, [])
+        for thread in threads:
+            thread.join()
+
+    @staticmethod
+    def _write(base: Path, files: tuple[tuple[str, bytes], ...]) -> None:
+        try:
+            base.parent.mkdir(parents=True, exist_ok=True)
+            for suffix, data in files:
+                tmp = base.with_suffix(suffix + f".{os.getpid()}.{threading.get_ident()}.tmp")
+                tmp.write_bytes(data)
+                tmp.rename(base.with_suffix(suffix))
+        except OSError:
+            pass  # a cache: the next attach is cold again
