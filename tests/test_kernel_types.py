@@ -6,13 +6,16 @@ a kernel built without BTF."""
 import json
 import lzma
 import shutil
+import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
 from matrix import KERNELS
 from test_kallsyms import BytesMemory
 
+from cloudvmi import config
 from cloudvmi.errors import ProfileError
 from cloudvmi.lab import kernels
 from cloudvmi.memory.base import Region
@@ -20,7 +23,7 @@ from cloudvmi.memory.mapped import MappedFileMemory
 from cloudvmi.os.linux import kernel as kernel_mod
 from cloudvmi.os.linux.btf import BTF
 from cloudvmi.os.linux.isf import btf_to_isf
-from cloudvmi.os.linux.typesource import TypeSources
+from cloudvmi.os.linux.typesource import TypeSources, search_path
 from cloudvmi.os.linux.vmcoreinfo import find_vmcoreinfo, parse
 from cloudvmi.vm import attach
 
@@ -230,3 +233,42 @@ def test_xz_raw_btf_is_bounded(tmp_path):
     refused: list[str] = []
     found = list(TypeSources([bomb]).candidates(b"Linux version 6.1 (x) #1", None, refused))
     assert not found and "past any real BTF" in refused[0]
+
+
+# --- sources, without a guest ------------------------------------------------------------
+
+SOURCE_C = b"""
+struct list_head { struct list_head *next, *prev; };
+struct task_struct { int pid; char comm[16]; struct list_head tasks; unsigned flags:3, x:5; };
+struct task_struct init_task;
+const char linux_banner[] = "Linux version 9.9.9-test (b@h) #1 SMP\\n";
+"""
+
+
+def test_dwarf_is_converted_by_pahole_and_banners_must_match(tmp_path):
+    """A vmlinux with DWARF and no .BTF (here a small object file with the same shape)."""
+    source = tmp_path / "k.c"
+    source.write_bytes(SOURCE_C)
+    elf = tmp_path / "vmlinux-9.9.9-test"
+    subprocess.run(["gcc", "-g", "-c", "-o", str(elf), str(source)], check=True)
+    refused: list[str] = []
+    banner = b"Linux version 9.9.9-test (b@h) #1 SMP\n"
+    [(blob, where)] = list(TypeSources([tmp_path]).candidates(banner, None, refused))
+    task = BTF.from_bytes(blob).struct("task_struct")
+    assert where == str(elf) and (task.offset("comm"), task.offset("tasks")) == (4, 24)
+    other = list(TypeSources([elf]).candidates(b"Linux version 9.9.8 (b@h) #2\n", None,
+                                               refused))
+    assert not other and "its banner is" in refused[-1]
+
+
+def test_search_path_order(tmp_path, monkeypatch):
+    settings = tmp_path / "config.toml"
+    settings.write_text('symbols = "/srv/btfhub"\n')
+    monkeypatch.setenv("CLOUDVMI_CONFIG", str(settings))
+    monkeypatch.setenv("CLOUDVMI_SYMBOLS", "/a:/b")
+    config._load.cache_clear()
+    try:
+        assert search_path("/given") == [Path("/given"), Path("/a"), Path("/b"),
+                                         Path("/srv/btfhub")]
+    finally:
+        config._load.cache_clear()

@@ -19,7 +19,7 @@ VARIANTS = [
     pytest.param(("6.1", "cloud", {"shm": False}), id="6.1-cloud-procmem"),
     pytest.param(("5.10", "cloud", {}), id="5.10-cloud"),
     pytest.param(("6.12", "cloud", {"paging": 4}), id="6.12-cloud-4level"),
-    pytest.param(("7.2", "rt", {"smp": 2}), id="7.2-rt-smp2"),  # PREEMPT_RT, split packages
+    pytest.param(("unstable", "rt", {"smp": 2}), id="unstable-rt-smp2"),  # PREEMPT_RT
 ]
 
 

@@ -1,11 +1,13 @@
 """Debian kernels for lab guests, fetched with apt from a sources list of our own and cached."""
 
+import functools
 import lzma
 import re
 import shutil
 import struct
 import subprocess
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from cloudvmi.lab.paths import sub
 SUITES = ("bullseye", "bookworm", "trixie", "unstable")
 ALIASES = {"sid": "unstable"}
 FLAVOURS = {"generic": "amd64", "cloud": "cloud-amd64", "rt": "rt-amd64"}
+SUITE_REFRESH = 24 * 3600.0  # seconds before a kernel asked for by suite is looked up again
 MIRROR = "http://deb.debian.org/debian"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # Modules the lab guest loads: small, dependency-free, present in every flavour.
@@ -47,8 +50,9 @@ def _apt_options(root: Path) -> list[str]:
     ]
 
 
-def _apt_root() -> Path:
-    """A private apt state that knows all three suites, leaving the host's sources alone."""
+def _apt_root(max_age: float | None = None) -> Path:
+    """A private apt state that knows the lab's suites, leaving the host's sources alone;
+    refreshed when older than MAX_AGE seconds (a suite name follows its suite)."""
     root = sub("apt")
     (root / "lists" / "partial").mkdir(parents=True, exist_ok=True)
     (root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
@@ -60,8 +64,13 @@ def _apt_root() -> Path:
         lst.write_text(sources)
         for f in (root / "lists").glob("*Packages*"):
             f.unlink()
-    if not any((root / "lists").glob("*Packages*")):
+    lists = list((root / "lists").glob("*Packages*"))
+    stale = max_age is not None and lists and time.time() - min(
+        f.stat().st_mtime for f in lists) > max_age
+    if not lists or stale:
         _run(["apt-get", *_apt_options(root), "update"], "apt-get update")
+        for f in (root / "lists").glob("*Packages*"):
+            f.touch()
     return root
 
 
@@ -74,8 +83,10 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
     return proc.stdout
 
 
+@functools.cache
 def _meta_stanzas(flavour: str) -> list[tuple[str, str, list[str]]]:
-    """(version, suite, depends) of every linux-image-FLAVOUR meta-package apt knows."""
+    """(version, suite, depends) of every linux-image-FLAVOUR meta-package apt knows (asked
+    once per process: apt-cache takes seconds)."""
     root = _apt_root()
     meta = f"linux-image-{FLAVOURS[flavour]}"
     policy = _run(["apt-cache", *_apt_options(root), "madison", meta], "look up kernel packages")
@@ -147,8 +158,14 @@ def fetch(kernel: str = "6.1", flavour: str = "generic") -> LabKernel:
     kdir = sub("kernels") / f"{kernel}-{flavour}"
     done = kdir / "release"
     listed = kdir / "modules.list"
-    if not done.exists() or not listed.exists() or listed.read_text() != "\n".join(LAB_MODULES):
+    package = None
+    if ALIASES.get(kernel, kernel) in SUITES:  # a suite moves on: follow it, daily
+        _apt_root(max_age=SUITE_REFRESH)
         package = resolve_package(kernel, flavour)
+        if done.exists() and done.read_text() != package.removeprefix("linux-image-"):
+            done.unlink()
+    if not done.exists() or not listed.exists() or listed.read_text() != "\n".join(LAB_MODULES):
+        package = package or resolve_package(kernel, flavour)
         _unpack([_download(p) for p in _packages(package)], kdir)
         listed.write_text("\n".join(LAB_MODULES))
         done.write_text(package.removeprefix("linux-image-"))

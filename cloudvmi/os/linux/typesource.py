@@ -224,19 +224,22 @@ def _elf_build_id(elf) -> str | None:
 
 
 def _elf_banner(elf) -> bytes | None:
+    """linux_banner's bytes, from the section its symbol is defined in."""
     symtab = elf.get_section_by_name(".symtab")
     if symtab is None:
         return None
-    symbols = symtab.get_symbol_by_name("linux_banner") or []
-    for symbol in symbols[:1]:
-        address = symbol["st_value"]
-        for section in elf.iter_sections():
-            start = section["sh_addr"]
-            if section["sh_type"] == "SHT_PROGBITS" and start <= address < start + section[
-                    "sh_size"]:
-                f = elf.stream
-                f.seek(section["sh_offset"] + address - start)
-                return f.read(512).split(b"\0", 1)[0]
+    for symbol in (symtab.get_symbol_by_name("linux_banner") or [])[:1]:
+        index = symbol["st_shndx"]
+        if not isinstance(index, int):
+            return None  # undefined or absolute
+        section = elf.get_section(index)
+        if section["sh_type"] != "SHT_PROGBITS":
+            return None
+        at = symbol["st_value"] - section["sh_addr"]  # sh_addr is 0 in an object file
+        if not 0 <= at < section["sh_size"]:
+            return None
+        elf.stream.seek(section["sh_offset"] + at)
+        return elf.stream.read(min(512, section["sh_size"] - at)).split(b"\0", 1)[0]
     return None
 
 
