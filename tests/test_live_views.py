@@ -55,7 +55,10 @@ def _compare(ours, theirs: dict[int, oracle.GuestTask], after=None) -> dict[int,
         if not got.kernel_thread and want.state != "Z":
             assert got.exe == want.exe, pid
         if pid in mine and pid in later and mine[pid].state == later[pid].state:
-            assert got.state == want.state or "R" in (got.state, want.state), pid
+            # A kernel thread may sleep in D for an instant and be back in S (PREEMPT_RT's
+            # timer and RCU threads do it constantly): that is a race, not a difference.
+            asleep = got.kernel_thread and {got.state, want.state} <= {"S", "D", "I"}
+            assert got.state == want.state or "R" in (got.state, want.state) or asleep, pid
     return mine
 
 

@@ -20,6 +20,9 @@ PF_KTHREAD = 0x00200000
 STATE_LETTERS = "RSDTtXZPI"  # fs/proc/array.c task_state_array, by fls(state)
 TASK_REPORT = 0x7F
 TASK_IDLE = 0x402  # TASK_UNINTERRUPTIBLE | TASK_NOLOAD
+# Shown as D although not reported bits: waiting on a PREEMPT_RT sleeping spinlock
+# (TASK_RTLOCK_WAIT, 5.15+) or frozen (TASK_FROZEN, 6.1+); neither bit is used otherwise.
+TASK_SHOWN_UNINTERRUPTIBLE = 0x1000 | 0x8000
 NAME_MAX = 255  # longest name of one path component
 
 
@@ -57,8 +60,10 @@ def _decode(raw: bytes) -> str:
 def state_letter(state: int, exit_state: int) -> str:
     """The one-letter state /proc shows, from __state and exit_state."""
     value = (state | exit_state) & TASK_REPORT
-    if state == TASK_IDLE:
+    if (state & TASK_IDLE) == TASK_IDLE:
         return "I"
+    if state & TASK_SHOWN_UNINTERRUPTIBLE:
+        return "D"
     return STATE_LETTERS[value.bit_length()] if value.bit_length() < len(STATE_LETTERS) else "?"
 
 
