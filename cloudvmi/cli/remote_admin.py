@@ -94,30 +94,63 @@ def issue_cmd(name: str, kind: str, hosts: tuple[str, ...], directory: Path | No
 
 @click.group()
 def audit() -> None:
-    """Check an agent's append-only, hash-chained audit log."""
+    """Check an agent's append-only, hash-chained, MACed and checkpointed audit log."""
+
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @audit.command("verify")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=_FILE)
+@click.option("--initial-key", type=_FILE, default=None, metavar="FILE",
+              help="The chain's initial key (the agent's audit_initial_key, kept by the "
+                   "auditor): checks every record's MAC.")
+@click.option("--cert", "certs_", type=_FILE, multiple=True, metavar="PEM",
+              help="The agent's certificate or public key (repeat for a renewed key): "
+                   "checks the signed checkpoints.")
+@click.option("--checkpoints", type=_FILE, default=None, metavar="FILE",
+              help="The agent's checkpoint sink (needs --cert): every checkpoint must match "
+                   "the log, and the log must not be shorter than the last.")
+@click.option("--key-file", type=_FILE, default=None, metavar="FILE",
+              help="The agent's key state: it must describe the log's last record.")
 @click.option("--head", default=None, metavar="HASH",
               help="A record hash kept elsewhere: it must still be in the chain "
                    "(detects deleted trailing records).")
 @click.option("--records", type=click.IntRange(min=0), default=None, metavar="N",
               help="At least N records must remain (with --head: HASH is record N's).")
 @json_option
-def verify_cmd(file: Path, head: str | None, records: int | None, as_json: bool) -> None:
-    """Verify FILE's hash chain; exit 0 if intact, 1 at the first broken line."""
-    from cloudvmi.remote.audit import verify
+def verify_cmd(file: Path, initial_key: Path | None, certs_: tuple[Path, ...],
+               checkpoints: Path | None, key_file: Path | None, head: str | None,
+               records: int | None, as_json: bool) -> None:
+    """Verify FILE; exit 0 if intact, 1 at the first problem."""
+    from cloudvmi.remote.audit import AuditError, verify
+    from cloudvmi.remote.audit_key import read_initial
 
-    result = verify(file, expect_head=head, expect_records=records)
+    try:
+        key = None if initial_key is None else bytes(read_initial(initial_key))
+    except AuditError as exc:
+        _fail(exc)
+    if checkpoints is not None and not certs_:
+        _fail(CloudVMIError("--checkpoints needs --cert (the agent's certificate)"))
+    result = verify(file, expect_head=head, expect_records=records, initial_key=key,
+                    public_key=list(certs_) or None, checkpoints=checkpoints,
+                    key_file=key_file)
     if as_json:
         emit_json(result)
     elif result.ok:
         console.print(f"[green]intact[/green]: {file}: {result.records} records, "
                       f"head {result.head}")
-        if head is None and records is None:
-            console.print("[dim]records deleted from the end are only detectable with --head "
-                          "or --records[/dim]")
+        if result.authenticated:
+            console.print("every record's MAC holds under the initial key")
+        if checkpoints is not None:
+            console.print(f"{result.checkpoints} signed checkpoints match, up to record "
+                          f"{result.signed}; {result.records - result.signed} after it")
+        if result.open_intents:
+            console.print(f"[yellow]{result.open_intents} started actions have no recorded "
+                          "outcome[/yellow]")
+        if key is None and checkpoints is None and head is None and records is None:
+            console.print("[dim]chain only: a log rewritten whole or cut at the end passes; "
+                          "use --initial-key, or --cert with --checkpoints[/dim]")
     else:
         where = f"line {result.line}: " if result.line else ""
         errors.print(f"[red]broken[/red]: {file}: {where}{result.error} "

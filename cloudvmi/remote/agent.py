@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 
@@ -279,9 +280,20 @@ def build_server(config: AgentConfig, audit: AuditLog,
     return server, port, registry
 
 
+def open_audit(config: AgentConfig) -> AuditLog:
+    """The audit log as configured: MACed with a forward-secure key, and checkpointed with
+    the agent's TLS key into its own sink (unless it runs without one: insecure)."""
+    log = config.audit_log
+    signer = None if config.insecure else config.key
+    sink = None if signer is None else (config.audit_checkpoints or Path(f"{log}.checkpoints"))
+    return AuditLog(log, key_file=config.audit_key,
+                    initial_key_file=config.audit_initial_key or Path(f"{log}.key.initial"),
+                    checkpoints=sink, signer=signer, redact_args=config.audit_redact_args)
+
+
 def serve(config: AgentConfig, ready=None, log_tls_denials: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then finish calls in flight (5 s) and detach from VMs."""
-    audit = AuditLog(config.audit_log)
+    audit = open_audit(config)
     if log_tls_denials and not config.insecure:
         from cloudvmi.remote import tlslog
 
@@ -300,3 +312,4 @@ def serve(config: AgentConfig, ready=None, log_tls_denials: bool = False) -> Non
     stop.wait()
     server.stop(grace=5).wait()
     registry.close()
+    audit.close()  # records pending denial counts and signs a last checkpoint

@@ -1,173 +1,211 @@
-"""The agent's append-only, tamper-evident audit log: hash-chained JSON lines.
+"""The agent's append-only audit log: hash-chained JSON lines, each MACed with a key that
+moves forward, plus checkpoints signed with the agent's private key in a sink of their own.
 
-Each line is the canonical JSON (sorted keys, compact) of one record::
+What is on disk (record format in audit_record):
 
-    {"seq", "time", "who", "vm", "op", "args_sha256", "result", "detail", "prev", "hash"}
+- the log (`audit_log`): one canonical JSON record per line. `prev` is the SHA-256 of the
+  previous line, `hash` the SHA-256 of the record, `mac` an HMAC-SHA256 of the record with
+  K_seq, where K_1 is random and K_(i+1) = SHA-256(K_i) (audit_key);
+- the key state (`audit_key`, 0600): the last seq, head and line digest the agent wrote,
+  and K_(seq+1) only. Each append overwrites the previous key (two slots, fsync'd);
+- the initial key (`audit_initial_key`): K_1, written once when a chain starts, for the
+  auditor. It must be moved off the host; while it stays, it is as good as every key;
+- the checkpoint sink (`audit_checkpoints`): every `checkpoint_every` records, after
+  `checkpoint_seconds` with records pending, and at close, a line (chain, seq, head, time)
+  signed with the agent's TLS key (audit_checkpoint). `chain` commits to K_1.
 
-`hash` is the SHA-256 of the canonical JSON of the record without `hash`; `prev` is the
-SHA-256 of the previous line's bytes (64 zeros for the first); `seq` counts from 1. Editing,
-reordering or deleting a line, or a torn write, breaks the chain where it happened and
-`verify` reports that line.
+Threat model. Someone who can write the log file, but not the key state, the sink or the
+agent's key, can edit, reorder, delete, insert or append lines and recompute every SHA-256,
+but cannot compute a MAC or a signature: `verify` with K_1 finds the first record whose MAC
+fails; with the agent's certificate and the sink, any record up to the last checkpoint
+that changed, and a log shorter than that checkpoint. The agent itself re-reads the key
+state before each append and at start, and refuses (AuditError) a log that is shorter than,
+diverges from, or runs past what it wrote. Records after the last checkpoint are covered
+publicly by the chain only: checking them needs K_1 (or the key state, by the agent).
 
-Limits, by construction: the file alone cannot show that its *last* lines were deleted, and
-someone who may rewrite the file may rebuild a whole consistent chain. Keep the head (the last
-record's `hash`, and its `seq`) somewhere else now and then, and pass it to `verify`
-(`expect_head`, `expect_records`) to detect both.
+Someone with root on the agent host at time T holds K_(n+1), the agent's TLS key, the sink
+and the log. From then on they can write anything. Before T: they cannot forge, edit or
+reorder records 1..n undetected by a holder of K_1, because K_1..K_n are erased and the key
+chain is one-way; continuing a truncated log needs a key they do not have, so they can only
+cut it and stop, which the key state (K_(n+1) is provably H^n(K_1)) and every checkpoint
+copied off the host before T expose. Their signing key can sign new checkpoints for a
+rewritten history, so a sink only protects the past against root once it is off the host
+(shipped, append-only, another machine); the MAC chain protects it regardless, as long as
+K_1 is not on the host. Neither protects records that were never written: an action is
+only covered once its intent is on disk, which is why `intent` comes before acting.
+
+Bounds: names and details are cut (first bytes, length, digest), arguments are kept in
+clear but bounded (`redact_args` keeps only their digest), so no record exceeds
+RECORD_MAX. Denials are aggregated per window (audit_denials) and carry the peer address.
 """
 
 import contextlib
-import dataclasses
 import datetime as dt
-import enum
 import fcntl
-import hashlib
-import json
-import math
+import logging
 import os
 import threading
+import time
 import weakref
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
-from cloudvmi.errors import CloudVMIError
+from cloudvmi.remote.audit_checkpoint import CheckpointSink, Signer, check_signature
+from cloudvmi.remote.audit_checkpoint import make as make_checkpoint
+from cloudvmi.remote.audit_denials import DenialAggregator
+from cloudvmi.remote.audit_key import KeyFile, KeyState, genesis, mac, new_key, wipe, write_initial
+from cloudvmi.remote.audit_record import (
+    DETAIL_MAX,
+    FIELDS,
+    GENESIS,
+    NAME_MAX,
+    OUTCOMES,
+    RECORD_MAX,
+    RESULTS,
+    VERSION,
+    AuditError,
+    args_digest,
+    body_of,
+    bound,
+    canonical,
+    clear_args,
+    parse,
+    sha256,
+)
+from cloudvmi.remote.audit_verify import VerifyResult, verify
 
-GENESIS = "0" * 64
-RESULTS = ("ok", "denied", "error", "started")  # started: recorded before acting
-FIELDS = frozenset({"seq", "time", "who", "vm", "op", "args_sha256", "result", "detail",
-                    "prev", "hash"})
-_STR_FIELDS = ("time", "who", "vm", "op", "args_sha256", "result", "detail", "prev", "hash")
+__all__ = ["AuditError", "AuditLog", "FIELDS", "GENESIS", "Intent", "RESULTS", "VerifyResult",
+           "args_digest", "canonical", "default_key_file", "sha256", "verify"]
+
 _TAIL_CHUNK = 1 << 16
 _LOGS: "weakref.WeakSet[AuditLog]" = weakref.WeakSet()
+_log = logging.getLogger(__name__)
 
 
 def _after_fork() -> None:
     """A lock held by another thread at fork() would stay held in the child forever."""
     for log in list(_LOGS):
-        log._lock = threading.Lock()
+        log._forked()
 
 
 os.register_at_fork(after_in_child=_after_fork)
 
 
-class AuditError(CloudVMIError):
-    """The audit log cannot be appended to safely: the caller must not perform the action."""
+def default_key_file(log_path: Path | str) -> Path:
+    return Path(f"{log_path}.key")
 
 
-def canonical(value: Any) -> bytes:
-    """The one byte string a JSON value hashes as: sorted keys, no spaces, ASCII, no NaN."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _mac_body(record: dict) -> bytes:
+    return canonical(body_of(record, "mac", "hash"))
 
 
-def _plain(value: Any) -> Any:
-    """Arguments as JSON values; bytes become {"$bytes": {sha256, len}} so megabytes of
-    written memory cost a digest, not a copy, while the digest still binds their content."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        data = bytes(value)
-        return {"$bytes": {"sha256": sha256(data), "len": len(data)}}
-    if isinstance(value, enum.Enum):
-        return _plain(value.value)
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"cannot digest the non-finite number {value}")
-        return value
-    if isinstance(value, PurePath):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            key = k if isinstance(k, str) else str(_plain(k))
-            if key in out:
-                raise ValueError(f"argument keys collide as {key!r}")
-            out[key] = _plain(v)
-        return out
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, set | frozenset):
-        return sorted((_plain(v) for v in value), key=canonical)
-    raise TypeError(f"cannot digest an argument of type {type(value).__name__}")
+def _check_types(who: str, vm: str, op: str, detail: str, peer: str | None) -> None:
+    for label, value in (("who", who), ("vm", vm), ("op", op), ("detail", detail)):
+        if not isinstance(value, str):
+            raise TypeError(f"{label} must be a string, not {type(value).__name__}")
+    if peer is not None and not isinstance(peer, str):
+        raise TypeError(f"peer must be a string, not {type(peer).__name__}")
 
 
-def args_digest(args: Any) -> str:
-    """SHA-256 hex of the canonical JSON of ARGS (key order does not matter; bytes hashed)."""
-    return sha256(canonical(_plain(args)))
-
-
-def _check_record(record: Any) -> str | None:
-    """Why RECORD (parsed from a line) is malformed, or None; does not check the chain."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    if set(record) != FIELDS:
-        missing, extra = sorted(FIELDS - set(record)), sorted(set(record) - FIELDS)
-        return f"wrong fields (missing {missing}, unexpected {extra})"
-    if type(record["seq"]) is not int:
-        return "seq is not an integer"
-    for key in _STR_FIELDS:
-        if not isinstance(record[key], str):
-            return f"{key} is not a string"
-    if record["result"] not in RESULTS:
-        return f"unknown result {record['result']!r}"
-    body = {k: v for k, v in record.items() if k != "hash"}
-    if sha256(canonical(body)) != record["hash"]:
-        return "hash mismatch: the line was edited"
-    return None
-
-
-def _parse(line: bytes) -> tuple[dict | None, str | None]:
-    try:
-        record = json.loads(line.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        return None, "not a JSON record (garbage or a torn write)"
-    problem = _check_record(record)
-    if problem:
-        return None, problem
-    if canonical(record) != line:
-        return None, "not in canonical form: the line was edited"
-    return record, None
+@dataclass(frozen=True)
+class Intent:
+    """The token of an action recorded as started: pass it to `AuditLog.outcome`."""
+    seq: int
+    hash: str
+    who: str
+    vm: str
+    op: str
+    peer: str | None
 
 
 class AuditLog:
-    """Appends records to the hash chain at PATH, safely across threads and processes.
+    """Appends records to the chain at PATH, safely across threads and processes.
 
-    Appends take a thread lock and an exclusive flock, re-read the tail if another process
-    wrote since, write the line with one O_APPEND write and fsync it. `record` raises
-    AuditError when it cannot append (the caller should then refuse the action): a corrupt
-    last line, a file that shrank or was replaced under it, a failed write (undone).
+    Appends take a thread lock and an exclusive flock on the log, re-read the tail and the
+    key state, write the line with one O_APPEND write, fsync it, then move the key forward.
+    Anything that makes the append unsafe raises AuditError, and the caller must then not
+    act: a corrupt last line, a file that shrank, was replaced or grew behind the agent's
+    back, a lost key state, a failed write (undone).
     """
 
-    def __init__(self, path: Path | str, mode: int = 0o600) -> None:
+    def __init__(self, path: Path | str, mode: int = 0o600, *,
+                 key_file: Path | str | None = None,
+                 initial_key_file: Path | str | None = None,
+                 checkpoints: Path | str | None = None,
+                 signer: Signer | Path | str | None = None,
+                 checkpoint_every: int = 100, checkpoint_seconds: float = 60.0,
+                 redact_args: bool = False, denial_window: float = 10.0) -> None:
+        if (checkpoints is None) != (signer is None):
+            raise ValueError("checkpoints and signer go together")
         self.path = Path(path)
+        self.keys = KeyFile(default_key_file(self.path) if key_file is None else key_file)
+        self._initial_file = None if initial_key_file is None else Path(initial_key_file)
+        self._sink = None if checkpoints is None else CheckpointSink(checkpoints)
+        self._signer = (signer if isinstance(signer, Signer) or signer is None
+                        else Signer.from_file(signer))
+        self._every = max(1, checkpoint_every)
+        self._seconds = checkpoint_seconds
+        self.redact_args = redact_args
+        self._denials = DenialAggregator(denial_window) if denial_window > 0 else None
         self._mode = mode
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._fd = -1
         self._pid = 0
         self._end = 0  # file size after the last line we know of
         self._seq = 0
         self._prev = GENESIS  # sha256 of the last line
         self._head = GENESIS  # "hash" of the last record
+        self._last: dict | None = None  # the last record
+        self._chain = ""
+        self._cp_seq = -1  # seq of the last checkpoint we know of
+        self._cp_due: float | None = None  # monotonic time a time-based checkpoint is due
+        self._intents: set[int] = set()
+        self._ticker: threading.Thread | None = None
         with self._lock:
             self._open()
         _LOGS.add(self)
 
+    def _forked(self) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._ticker = None
+        self._cp_due = None
+        if self._denials is not None:
+            self._denials.clear()  # the parent records its own windows
+
     # -- file handling --------------------------------------------------------------------
     def _open(self) -> None:
-        """Open (or reopen after fork: flock is per open file, shared with a forked parent)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self._mode)
+        """Open (or reopen after fork: flock is per open file, shared with a forked parent)
+        and check the log against the key state and the last checkpoint."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                         self._mode)
+        except OSError as exc:
+            raise AuditError(f"cannot open the audit log {self.path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 self._load_tail(fd)
+                fresh = self._seq == 0 and not self.keys.path.exists()  # a new chain
+                if fresh and self._sink is not None:
+                    self._sink.repair()
+                    if self._sink.last() is not None:
+                        raise AuditError(f"the checkpoint sink {self._sink.path} holds another "
+                                         "chain's checkpoints: archive it with its log "
+                                         "before starting a new one")
+                state = self._state()
+                try:
+                    self._chain = state.chain
+                    self._open_sink(state)
+                finally:
+                    wipe(state.key)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         except BaseException:
@@ -178,7 +216,8 @@ class AuditLog:
     def _load_tail(self, fd: int) -> None:
         size = os.fstat(fd).st_size
         if size == 0:
-            self._end, self._seq, self._prev, self._head = 0, 0, GENESIS, GENESIS
+            self._end, self._seq, self._prev, self._head, self._last = 0, 0, GENESIS, \
+                GENESIS, None
             return
         if os.pread(fd, 1, size - 1) != b"\n":
             raise AuditError(f"{self.path}: the last line is incomplete (torn write?); "
@@ -189,11 +228,11 @@ class AuditLog:
             start -= n
             data = os.pread(fd, n, start) + data
         line = data[data.rfind(b"\n") + 1:] if b"\n" in data else data
-        record, problem = _parse(line)
+        record, problem = parse(line)
         if record is None:
             raise AuditError(f"{self.path}: the last line is corrupt ({problem}); "
                              "refusing to continue the chain from it")
-        self._end, self._seq = size, record["seq"]
+        self._end, self._seq, self._last = size, record["seq"], record
         self._prev, self._head = sha256(line), record["hash"]
 
     def _sync(self) -> None:
@@ -211,47 +250,133 @@ class AuditLog:
         if st.st_size != self._end:
             self._load_tail(self._fd)
 
-    # -- API ------------------------------------------------------------------------------
-    @property
-    def head(self) -> str:
-        """The last record's hash (64 zeros when empty): the value to keep elsewhere."""
-        return self._head
+    def _state(self) -> KeyState:
+        """Under the flock, after the tail is loaded: the key state, which must describe the
+        log's last record. A log one record ahead whose last MAC holds under the state's key
+        is the agent's own append interrupted before the key moved: the key moves now."""
+        state = self.keys.load()
+        if state is None:
+            if self._seq:
+                raise AuditError(f"{self.path} holds {self._seq} records but its key state "
+                                 f"{self.keys.path} is missing: the chain's key is lost, "
+                                 "refusing to continue it")
+            return self._new_chain()
+        if (state.seq, state.head, state.line) == (self._seq, self._head, self._prev):
+            return state
+        last = self._last
+        if (self._seq == state.seq + 1 and last is not None and last["prev"] == state.line
+                and last["mac"] == mac(state.key, _mac_body(last))):
+            new = state.advanced(self._head, self._prev)
+            self.keys.store(state, new)
+            return new
+        wipe(state.key)
+        if self._seq < state.seq:
+            raise AuditError(f"{self.path} holds {self._seq} records, fewer than the "
+                             f"{state.seq} the agent wrote: it was truncated or replaced; "
+                             "refusing to continue it")
+        if self._seq == state.seq:
+            raise AuditError(f"{self.path}: record {self._seq} is not the one the agent "
+                             "wrote: the log was rewritten; refusing to continue it")
+        raise AuditError(f"{self.path} holds {self._seq} records, more than the {state.seq} "
+                         "the agent wrote: records were appended without the key; refusing "
+                         "to continue it")
 
-    @property
-    def records(self) -> int:
-        """The last record's seq, i.e. how many records the chain holds."""
-        return self._seq
+    def _new_chain(self) -> KeyState:
+        initial = new_key()
+        try:
+            if self._initial_file is not None:
+                write_initial(self._initial_file, initial)
+            state = genesis(initial)
+            self.keys.create(state)
+        finally:
+            wipe(initial)
+        return state
 
-    def record(self, who: str, vm: str, op: str, args: Any, result: str,
-               detail: str = "") -> dict:
-        """Append one record and return it (with its seq and hash) once it is on disk."""
-        if result not in RESULTS:
-            raise ValueError(f"result must be one of {RESULTS}, not {result!r}")
-        for label, value in (("who", who), ("vm", vm), ("op", op), ("detail", detail)):
-            if not isinstance(value, str):
-                raise TypeError(f"{label} must be a string, not {type(value).__name__}")
+    def _open_sink(self, state: KeyState) -> None:
+        """Check the last checkpoint against the state: refuse a log shorter than it or
+        diverging from it, or a sink that belongs to another chain."""
+        if self._sink is None:
+            return
+        self._sink.repair()
+        last = self._sink.last()
+        if last is None:
+            self._checkpoint(state)  # a new chain, or a sink configured for an existing one
+            return
+        if last["key"] == self._signer.key_id:
+            problem = check_signature(last, {self._signer.key_id: self._signer.public_key})
+            if problem:
+                raise AuditError(f"{self._sink.path}: the last checkpoint: {problem}")
+        if last["chain"] != state.chain:
+            raise AuditError(f"the checkpoint sink {self._sink.path} belongs to another chain "
+                             f"than {self.path}: the log or its key state was replaced")
+        if last["seq"] > state.seq:
+            raise AuditError(f"{self.path} holds {state.seq} records, fewer than the "
+                             f"{last['seq']} of the last checkpoint: it was truncated; "
+                             "refusing to continue it")
+        if last["seq"] == state.seq and last["head"] != state.head:
+            raise AuditError(f"{self.path}: record {state.seq} differs from the last "
+                             "checkpoint: the log was rewritten; refusing to continue it")
+        self._cp_seq = last["seq"]
+        if state.seq > self._cp_seq:
+            self._checkpoint(state)
+
+    def _checkpoint(self, state: KeyState) -> None:
+        """Under the flock: sign (chain, seq, head) into the sink."""
+        assert self._sink is not None and self._signer is not None
+        self._sink.append(make_checkpoint(self._signer, state.chain, state.seq, state.head))
+        self._cp_seq, self._cp_due = state.seq, None
+
+    # -- appending --------------------------------------------------------------------------
+    def _fields(self, who: str, vm: str, op: str, args: Any, result: str, detail: str,
+                peer: str | None, count: int = 1, ref: int | None = None,
+                cut: bool = True) -> dict:
+        """A record's own fields, bounded (CUT false: they were bounded already)."""
+        _check_types(who, vm, op, detail, peer)
         digest = args_digest(args)
-        with self._lock:
-            if self._fd < 0:
-                raise AuditError(f"{self.path}: the audit log is closed")
-            if self._pid != os.getpid():  # forked child: get our own open file (and flock)
-                inherited = self._fd
-                self._open()
-                os.close(inherited)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        if cut:
+            who, vm, op = bound(who, NAME_MAX), bound(vm, NAME_MAX), bound(op, NAME_MAX)
+            peer = None if peer is None else bound(peer, NAME_MAX)
+        return {"who": who, "vm": vm, "op": op, "peer": peer, "result": result,
+                "detail": bound(detail, DETAIL_MAX), "args_sha256": digest,
+                "args": None if self.redact_args else clear_args(args), "count": count,
+                "ref": ref}
+
+    def _commit(self, fields: dict) -> dict:
+        """Under the thread lock: append one record and move the key forward."""
+        if self._fd < 0:
+            raise AuditError(f"{self.path}: the audit log is closed")
+        if self._pid != os.getpid():  # forked child: get our own open file (and flock)
+            inherited = self._fd
+            self._open()
+            os.close(inherited)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            self._sync()
+            state = self._state()
             try:
-                self._sync()
-                record = {"seq": self._seq + 1,
-                          "time": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
-                          "who": who, "vm": vm, "op": op, "args_sha256": digest,
-                          "result": result, "detail": detail, "prev": self._prev}
+                record = {"v": VERSION, **fields, "seq": state.seq + 1, "time": _now(),
+                          "prev": state.line}
+                record["mac"] = mac(state.key, canonical(record))
                 record["hash"] = sha256(canonical(record))
                 line = canonical(record)
+                if len(line) >= RECORD_MAX:
+                    raise AuditError(f"a record of {len(line)} bytes is over the bound")
                 self._append(line + b"\n")
                 self._end += len(line) + 1
                 self._seq, self._prev, self._head = record["seq"], sha256(line), record["hash"]
+                self._last = record
+                # The record is on disk and stays: if the key cannot move now, the log is one
+                # record ahead of the state, which the next append (or start) proves and heals.
+                new = state.advanced(record["hash"], self._prev)
+                try:
+                    self.keys.store(state, new)
+                finally:
+                    wipe(new.key)
+                self._after_append(new)
             finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                wipe(state.key)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         return record
 
     def _append(self, data: bytes) -> None:
@@ -265,77 +390,175 @@ class AuditLog:
                 os.ftruncate(self._fd, self._end)
             raise AuditError(f"{self.path}: cannot append: {exc}") from exc
 
-    def close(self) -> None:
+    def _after_append(self, state: KeyState) -> None:
+        if self._sink is None:
+            return
+        if state.seq - self._cp_seq >= self._every:
+            self._checkpoint(state)
+        elif self._cp_due is None:
+            self._cp_due = time.monotonic() + self._seconds
+            self._wake()
+
+    # -- the ticker: ends of denial windows and time-based checkpoints -----------------------
+    def _wake(self) -> None:
+        """Under the lock: make sure a ticker thread will act at the next deadline."""
+        if self._ticker is None or not self._ticker.is_alive():
+            self._ticker = threading.Thread(target=self._tick_loop, daemon=True,
+                                            name=f"cloudvmi-audit-{self.path.name}")
+            self._ticker.start()
+        else:
+            self._cond.notify_all()
+
+    def _deadline(self) -> float | None:
+        times = [t for t in (self._cp_due,
+                             self._denials.next_deadline() if self._denials else None)
+                 if t is not None]
+        return min(times, default=None)
+
+    def _tick_loop(self) -> None:
+        with self._cond:
+            while self._fd >= 0 and self._ticker is threading.current_thread():
+                deadline = self._deadline()
+                if deadline is None:
+                    self._ticker = None
+                    return
+                delay = deadline - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                try:
+                    self._tick()
+                except (AuditError, OSError) as exc:
+                    _log.error("audit log %s: %s", self.path, exc)
+                    self._cp_due = None  # do not spin on a broken log
+
+    def _tick(self) -> None:
+        """Under the lock: record ended denial windows, and a checkpoint if one is due."""
+        self._record_ended_windows()
+        if self._cp_due is not None and time.monotonic() >= self._cp_due:
+            self._checkpoint_now()
+
+    def _checkpoint_now(self) -> None:
+        if self._pid != os.getpid():
+            self._cp_due = None
+            return
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            self._sync()
+            state = self._state()
+            try:
+                if state.seq > self._cp_seq:
+                    self._checkpoint(state)
+                self._cp_due = None
+            finally:
+                wipe(state.key)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    # -- API ------------------------------------------------------------------------------
+    @property
+    def head(self) -> str:
+        """The last record's hash (64 zeros when empty), as a checkpoint signs it."""
+        return self._head
+
+    @property
+    def records(self) -> int:
+        """The last record's seq, i.e. how many records the chain holds."""
+        return self._seq
+
+    @property
+    def chain(self) -> str:
+        """The chain id: the public commitment to the initial key."""
+        return self._chain
+
+    def record(self, who: str, vm: str, op: str, args: Any, result: str,
+               detail: str = "", *, peer: str | None = None) -> dict:
+        """Append one record and return it (with its seq and hash) once it is on disk.
+
+        A denial of a kind already recorded in the current window is only counted (and
+        {"aggregated": True, ...} returned): the window's end writes one record for all."""
+        if result not in RESULTS:
+            raise ValueError(f"result must be one of {RESULTS}, not {result!r}")
+        _check_types(who, vm, op, detail, peer)
+        if result == "denied" and self._denials is not None:
+            with self._lock:
+                if self._fd < 0:
+                    raise AuditError(f"{self.path}: the audit log is closed")
+                self._record_ended_windows()
+                if not self._denials.offer(who, peer, op, vm, detail, time.monotonic()):
+                    self._wake()
+                    return {"aggregated": True, "who": bound(who, NAME_MAX),
+                            "op": bound(op, NAME_MAX), "peer": peer, "result": "denied"}
+        fields = self._fields(who, vm, op, args, result, detail, peer)
         with self._lock:
-            if self._fd >= 0:
+            return self._commit(fields)
+
+    def _record_ended_windows(self, everything: bool = False) -> None:
+        """Under the lock: one record per denial window that ended (or all, at close)."""
+        if self._denials is None:
+            return
+        windows = self._denials.drain() if everything else self._denials.due(time.monotonic())
+        for window in windows:
+            self._commit(self._fields(**window.record(self._denials.window), cut=False))
+
+    def intent(self, who: str, vm: str, op: str, args: Any, *,
+               peer: str | None = None) -> Intent:
+        """Record that an action starts, on disk, before it is taken. Raises AuditError if
+        that cannot be done: the caller must then not act (fail closed)."""
+        fields = self._fields(who, vm, op, args, "started", "", peer)
+        with self._lock:
+            record = self._commit(fields)
+            self._intents.add(record["seq"])
+        return Intent(record["seq"], record["hash"], record["who"], record["vm"],
+                      record["op"], record["peer"])
+
+    def outcome(self, token: Intent, result: str, detail: str = "",
+                args: Any = None) -> dict:
+        """Record how the action of TOKEN ended (ARGS: what it did, e.g. counts)."""
+        if not isinstance(token, Intent):
+            raise TypeError("outcome takes the token intent() returned")
+        if result not in OUTCOMES:
+            raise ValueError(f"an outcome is one of {OUTCOMES}, not {result!r}")
+        fields = self._fields(token.who, token.vm, token.op, {} if args is None else args,
+                              result, detail, token.peer, ref=token.seq, cut=False)
+        with self._lock:
+            if token.seq not in self._intents:
+                raise ValueError(f"intent {token.seq} is not open in this log (its outcome "
+                                 "was recorded already?)")
+            record = self._commit(fields)
+            self._intents.discard(token.seq)
+        return record
+
+    def checkpoint(self) -> None:
+        """Sign the current head into the sink now (no-op without a sink)."""
+        with self._lock:
+            if self._fd < 0:
+                raise AuditError(f"{self.path}: the audit log is closed")
+            if self._sink is not None:
+                self._checkpoint_now()
+
+    def close(self) -> None:
+        """Record pending denial windows, sign a last checkpoint, close."""
+        with self._lock:
+            if self._fd < 0:
+                return
+            try:
+                if self._pid == os.getpid():
+                    self._record_ended_windows(everything=True)
+                    if self._sink is not None:
+                        self._checkpoint_now()
+            except AuditError as exc:
+                _log.error("audit log %s: at close: %s", self.path, exc)
+            finally:
                 os.close(self._fd)  # after fork this closes only our copy of the descriptor
-            self._fd = -1
+                self._fd = -1
+                ticker, self._ticker = self._ticker, None
+                self._cond.notify_all()
+        if ticker is not None and ticker is not threading.current_thread():
+            ticker.join(5)
 
     def __enter__(self) -> "AuditLog":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    ok: bool
-    records: int  # records read and found intact (up to the first problem)
-    error: str | None = None
-    line: int | None = None  # 1-based line of the first problem
-    head: str = GENESIS  # hash of the last intact record
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-
-def verify(path: Path | str, expect_head: str | None = None,
-           expect_records: int | None = None) -> VerifyResult:
-    """Check the chain at PATH line by line and report the first broken line.
-
-    Without expectations, deleting the last lines goes unnoticed (the rest is still a valid
-    chain). EXPECT_HEAD is a record hash kept elsewhere (e.g. `AuditLog.head` at some time):
-    it must still be in the chain, so later appends are fine but losing it is not.
-    EXPECT_RECORDS requires at least that many records, and with EXPECT_HEAD pins the head
-    to that seq.
-    """
-    seq, prev, head, found_at = 0, GENESIS, GENESIS, None
-    lineno = 0
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below; streamed, never read whole
-    except OSError as exc:
-        return VerifyResult(False, 0, f"cannot read {path}: {exc.strerror}", None)
-    with f:
-        for raw in f:
-            lineno += 1
-            if not raw.endswith(b"\n"):
-                return VerifyResult(False, seq, "incomplete last line (truncated or torn "
-                                    "write)", lineno, head)
-            line = raw[:-1]
-            record, problem = _parse(line)
-            if record is None:
-                return VerifyResult(False, seq, problem, lineno, head)
-            if record["seq"] != seq + 1:
-                return VerifyResult(False, seq, f"seq {record['seq']} where {seq + 1} was "
-                                    "expected: a line was deleted, moved or inserted",
-                                    lineno, head)
-            if record["prev"] != prev:
-                what = "first record does not start the chain" if seq == 0 else \
-                    "prev does not match the line before: a line was deleted, moved or edited"
-                return VerifyResult(False, seq, what, lineno, head)
-            seq, prev, head = record["seq"], sha256(line), record["hash"]
-            if head == expect_head and found_at is None:
-                found_at = seq
-    if expect_records is not None and seq < expect_records:
-        return VerifyResult(False, seq, f"{seq} records where at least {expect_records} were "
-                            "expected: records were deleted from the end", seq + 1, head)
-    if expect_head is not None:
-        if found_at is None:
-            return VerifyResult(False, seq, "the expected head is not in the chain: records "
-                                "were deleted from the end, or the log was rewritten",
-                                None, head)
-        if expect_records is not None and found_at != expect_records:
-            return VerifyResult(False, seq, f"the expected head is record {found_at}, not "
-                                f"{expect_records}", found_at, head)
-    return VerifyResult(True, seq, None, None, head)

@@ -32,6 +32,10 @@ class AgentConfig:
     key: Path | None = None
     insecure: bool = False  # plaintext, for loopback development only
     audit_log: Path = Path("audit.jsonl")
+    audit_key: Path | None = None  # the forward-secure key state; default <audit_log>.key
+    audit_initial_key: Path | None = None  # K_1 for the auditor; default <audit_log>.key.initial
+    audit_checkpoints: Path | None = None  # signed checkpoints; default <audit_log>.checkpoints
+    audit_redact_args: bool = False  # record only the digest of each call's arguments
     lab: bool = True  # serve this host's lab guests
     qmp_dirs: list[Path] = field(default_factory=list)
     max_message_bytes: int = 8 << 20
@@ -62,6 +66,10 @@ def load(path: str | Path) -> AgentConfig:
             ca=rel(agent.get("ca")), cert=rel(agent.get("cert")), key=rel(agent.get("key")),
             insecure=bool(agent.get("insecure", False)),
             audit_log=rel(agent.get("audit_log", "audit.jsonl")),
+            audit_key=rel(agent.get("audit_key")),
+            audit_initial_key=rel(agent.get("audit_initial_key")),
+            audit_checkpoints=rel(agent.get("audit_checkpoints")),
+            audit_redact_args=bool(agent.get("audit_redact_args", False)),
             lab=bool(agent.get("lab", True)),
             qmp_dirs=[rel(d) for d in agent.get("qmp_dirs", [])],
             max_message_bytes=int(agent.get("max_message_bytes", 8 << 20)),
