@@ -1,10 +1,15 @@
 """`cloudvmi agent serve`: one per host node, serving its VMs over gRPC with mutual TLS.
 
 Every call is authorized from the config by the client certificate's identity (CN), per VM
-and per permission (read, write, operate); every write, operation and denial goes into the
-hash-chained audit log. Bulk data streams in chunks; request sizes and concurrency are capped.
+and per permission (read, write, operate), from its first message, before any payload is
+read. A change (write, operation, exec) is recorded in the audit log before the guest is
+touched and its outcome after; when the record cannot be written the call is refused (fail
+closed). Reads and denials are recorded too, aggregated per window. Each identity has a cap on
+calls and payload bytes in flight, and a payload that stalls is cut off, so one client cannot
+starve the others.
 """
 
+import contextlib
 import json
 import signal
 import threading
@@ -19,8 +24,9 @@ from cloudvmi.control.gdbstub import GDBStubError
 from cloudvmi.control.qmp import QMPError
 from cloudvmi.errors import CloudVMIError
 from cloudvmi.remote import codec
-from cloudvmi.remote.audit import AuditLog
+from cloudvmi.remote.audit import AuditError, AuditLog, Intent
 from cloudvmi.remote.config import AgentConfig
+from cloudvmi.remote.limits import CallLimits, LimitExceeded
 from cloudvmi.remote.metrics import AgentMetrics
 from cloudvmi.remote.proto import cloudvmi_pb2 as pb
 from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
@@ -48,6 +54,7 @@ class AgentService(rpc.AgentServicer):
         self.registry = registry
         self.audit = audit
         self.metrics = metrics or AgentMetrics()
+        self.limits = CallLimits(config.calls_per_identity, config.bytes_per_identity)
 
     # -- who and what ---------------------------------------------------------------------
     def _identity(self, context) -> str:
@@ -59,18 +66,51 @@ class AgentService(rpc.AgentServicer):
     def _authorize(self, context, vm: str, permission: str, op: str, args: dict) -> str:
         who = self._identity(context)
         if not who or not self.config.allowed(who, vm, permission):
-            self.audit.record(who or "?", vm, op, args, "denied",
-                              f"{permission} not granted")
+            self._record(who or "?", vm, op, args, "denied", f"{permission} not granted",
+                         context)
             self.metrics.denied.labels(op).inc()
             _error(context, grpc.StatusCode.PERMISSION_DENIED, "PermissionDenied",
                    f"{who or 'this client'} may not {permission} on {vm}")
         return who
 
-    def _call(self, context, vm: str, fn, audit: tuple | None = None, op: str = "call"):
+    def _record(self, who: str, vm: str, op: str, args: dict, result: str, detail: str,
+                context, aggregate: bool = False) -> None:
+        """A one-shot record (a denial, a read): an audit log that fails refuses the call."""
+        try:
+            self.audit.record(who, vm, op, args, result, detail, peer=context.peer(),
+                              aggregate=aggregate)
+        except AuditError as exc:
+            _error(context, grpc.StatusCode.UNAVAILABLE, "AuditError",
+                   f"the agent cannot record this call, so it is refused: {exc}")
+
+    def _intent(self, context, who: str, vm: str, op: str, args: dict) -> Intent:
+        """Record that a change starts, before it is made; none is made if this fails."""
+        try:
+            return self.audit.intent(who, vm, op, args, peer=context.peer())
+        except AuditError as exc:
+            self.metrics.calls.labels(op, "refused").inc()
+            _error(context, grpc.StatusCode.UNAVAILABLE, "AuditError",
+                   f"the agent cannot record this change, so it is refused: {exc}")
+
+    def _outcome(self, intent: Intent | tuple | None, result: str, detail: str,
+                 args: dict | None = None, context=None) -> None:
+        """How a change (INTENT) or a read ((who, vm, op, args), aggregated) ended."""
+        if intent is None:
+            return
+        if isinstance(intent, tuple):
+            self._record(*intent, result, detail, context, aggregate=True)
+            return
+        # The change is made; if its outcome cannot be written, its intent stays on record,
+        # open, and `audit verify` says so.
+        with contextlib.suppress(AuditError):
+            self.audit.outcome(intent, result, detail, args)
+
+    def _call(self, context, vm: str, fn, intent: Intent | tuple | None = None,
+              op: str = "call"):
         """Run FN(vm) under the VM's lock, mapping errors to gRPC statuses (and the audit)."""
         started = time.monotonic()
         try:
-            result = self._locked(context, vm, fn, audit)
+            result = self._locked(context, vm, fn, intent)
         except BaseException:
             self.metrics.calls.labels(op, "error").inc()
             raise
@@ -80,7 +120,7 @@ class AgentService(rpc.AgentServicer):
         self.metrics.calls.labels(op, "ok").inc()
         return result
 
-    def _locked(self, context, vm: str, fn, audit: tuple | None):
+    def _locked(self, context, vm: str, fn, intent: Intent | tuple | None):
         try:
             with self.registry.lock(vm):
                 try:
@@ -92,20 +132,20 @@ class AgentService(rpc.AgentServicer):
                     self.registry.drop(vm)  # the control channel is suspect: attach afresh
                     raise
         except UnknownVM as exc:
-            if audit:
-                self.audit.record(*audit, "error", str(exc))
+            self._outcome(intent, "error", str(exc), context=context)
             _error(context, grpc.StatusCode.NOT_FOUND, "UnknownVM", str(exc))
         except GuestOSError as exc:
-            if audit:
-                self.audit.record(*audit, "error", str(exc))
+            self._outcome(intent, "error", str(exc), context=context)
             _error(context, grpc.StatusCode.FAILED_PRECONDITION, "GuestOSError", str(exc),
                    errno=exc.errno)
         except (CloudVMIError, ValueError, TypeError) as exc:
-            if audit:
-                self.audit.record(*audit, "error", str(exc))
+            self._outcome(intent, "error", str(exc), context=context)
             _error(context, grpc.StatusCode.FAILED_PRECONDITION, type(exc).__name__, str(exc))
-        if audit:
-            self.audit.record(*audit, "ok", "")
+        except BaseException as exc:
+            self._outcome(intent, "error", f"{type(exc).__name__}: {exc}",
+                          context=context)
+            raise
+        self._outcome(intent, "ok", "", context=context)
         return result
 
     # -- RPCs -------------------------------------------------------------------------------
@@ -117,7 +157,8 @@ class AgentService(rpc.AgentServicer):
 
     def Invoke(self, request_iterator, context):
         """One capability call: authorized from its first message, before any payload is
-        read; the payload is bounded by what that message announces."""
+        read; the payload is bounded by what that message announces and by the caller's
+        share of the agent."""
         first = next(request_iterator, None)
         if first is None:
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError", "empty call")
@@ -131,17 +172,25 @@ class AgentService(rpc.AgentServicer):
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError", "bad arguments")
         summary = {"args_json": first.args_json, "as_pid": first.as_pid}
         who = self._authorize(context, first.vm, cap.permission, cap.name, summary)
-        payload = self._payload(context, first, request_iterator, sum(sizes))
         try:
-            args = codec.check_args(cap, codec.decode(first.args_json or "{}", payload))
-        except (TypeError, ValueError) as exc:
-            _error(context, grpc.StatusCode.INVALID_ARGUMENT, "TypeError", str(exc))
-        audit = None
-        if cap.permission != "read":  # changes are recorded; reads are not (yet)
-            audit = (who, first.vm, cap.name, {**args, "as_pid": first.as_pid})
-        result = self._call(context, first.vm,
-                            lambda vm: _dispatch(vm, cap, args, first.as_pid), audit=audit,
-                            op=cap.name)
+            slot = self.limits.enter(who, sum(sizes))
+        except LimitExceeded as exc:
+            self.metrics.calls.labels(cap.name, "limited").inc()
+            _error(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "LimitExceeded", str(exc))
+        with slot:
+            payload = self._payload(context, first, request_iterator, sum(sizes))
+            try:
+                args = codec.check_args(cap, codec.decode(first.args_json or "{}", payload))
+            except (TypeError, ValueError) as exc:
+                _error(context, grpc.StatusCode.INVALID_ARGUMENT, "TypeError", str(exc))
+            recorded = {**args, "as_pid": first.as_pid}
+            if cap.permission == "read":  # recorded when done, aggregated per window
+                intent = (who, first.vm, cap.name, recorded)
+            else:  # recorded before the guest is touched
+                intent = self._intent(context, who, first.vm, cap.name, recorded)
+            result = self._call(context, first.vm,
+                                lambda vm: _dispatch(vm, cap, args, first.as_pid),
+                                intent=intent, op=cap.name)
         text, blobs = codec.encode(result)
         yield pb.Reply(json=text)
         for blob in blobs:
@@ -162,7 +211,15 @@ class AgentService(rpc.AgentServicer):
         argv, mode = _exec_request(context, first.args_json)
         summary = {"argv": argv, "as_pid": first.as_pid, "channel": mode}
         who = self._authorize(context, first.vm, "operate", "exec", summary)
-        self.audit.record(who, first.vm, "exec", summary, "started", "")  # fails closed
+        try:
+            slot = self.limits.enter(who, 0)
+        except LimitExceeded as exc:
+            _error(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "LimitExceeded", str(exc))
+        try:
+            intent = self._intent(context, who, first.vm, "exec", summary)  # fails closed
+        except BaseException:
+            slot.release()
+            raise
         idle = threading.Timer(EXEC_IDLE, context.cancel)
         counts = {"runs": 0, "calls": 0}
         outcome = ("error", "stream ended early")
@@ -199,21 +256,35 @@ class AgentService(rpc.AgentServicer):
             _error(context, grpc.StatusCode.FAILED_PRECONDITION, type(exc).__name__, str(exc))
         finally:
             idle.cancel()
-            self.audit.record(who, first.vm, "exec", {**summary, **counts}, *outcome)
+            slot.release()
+            self._outcome(intent, *outcome, args=counts)
             self.metrics.calls.labels("exec", outcome[0]).inc()
 
     def _payload(self, context, first, rest, expected: int) -> bytes:
+        """The payload announced in the first message, read while no more than
+        payload_idle seconds pass between two messages (a stalled upload is cut off)."""
         if expected > MAX_PAYLOAD:
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
                    f"payload of {expected} bytes over the {MAX_PAYLOAD}-byte limit")
         parts, size = [first.data], len(first.data)
-        while size < expected:
-            chunk = next(rest, None)
-            if chunk is None:
-                break
-            parts.append(chunk.data)
-            size += len(chunk.data)
-        if size != expected or next(rest, None) is not None:
+        idle = threading.Timer(self.config.payload_idle, context.cancel)
+        idle.start()
+        try:
+            while size < expected:
+                chunk = next(rest, None)
+                if chunk is None:
+                    break
+                idle.cancel()
+                parts.append(chunk.data)
+                size += len(chunk.data)
+                if size > expected:
+                    break
+                idle = threading.Timer(self.config.payload_idle, context.cancel)
+                idle.start()
+            extra = size == expected and next(rest, None) is not None  # the end, in time
+        finally:
+            idle.cancel()
+        if size != expected or extra:
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
                    f"payload of {size} bytes where {expected} were announced")
         return b"".join(parts)

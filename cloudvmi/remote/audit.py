@@ -472,23 +472,25 @@ class AuditLog:
         return self._chain
 
     def record(self, who: str, vm: str, op: str, args: Any, result: str,
-               detail: str = "", *, peer: str | None = None) -> dict:
+               detail: str = "", *, peer: str | None = None, aggregate: bool = False) -> dict:
         """Append one record and return it (with its seq and hash) once it is on disk.
 
-        A denial of a kind already recorded in the current window is only counted (and
-        {"aggregated": True, ...} returned): the window's end writes one record for all."""
+        A denial (or, with AGGREGATE, any record: the agent's reads) of a kind already
+        recorded in the current window is only counted (and {"aggregated": True, ...}
+        returned): the window's end writes one record for all."""
         if result not in RESULTS:
             raise ValueError(f"result must be one of {RESULTS}, not {result!r}")
         _check_types(who, vm, op, detail, peer)
-        if result == "denied" and self._denials is not None:
+        if (result == "denied" or aggregate) and self._denials is not None:
             with self._lock:
                 if self._fd < 0:
                     raise AuditError(f"{self.path}: the audit log is closed")
                 self._record_ended_windows()
-                if not self._denials.offer(who, peer, op, vm, detail, time.monotonic()):
+                if not self._denials.offer(who, peer, op, vm, detail, time.monotonic(),
+                                           result):
                     self._wake()
                     return {"aggregated": True, "who": bound(who, NAME_MAX),
-                            "op": bound(op, NAME_MAX), "peer": peer, "result": "denied"}
+                            "op": bound(op, NAME_MAX), "peer": peer, "result": result}
         fields = self._fields(who, vm, op, args, result, detail, peer)
         with self._lock:
             return self._commit(fields)

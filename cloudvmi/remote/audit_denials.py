@@ -1,6 +1,8 @@
-"""Denials aggregated per window, so a flood costs a few records rather than one fsync each.
+"""Denials (and reads) aggregated per window, so a flood costs a few records rather than one
+fsync each.
 
-The first denial of a kind (same who, source host, op and reason) is recorded at once, with
+The first denial of a kind (same who, source host, op, reason and result) is recorded at once,
+with
 everything it carried. Further ones within WINDOW seconds are only counted, with a few of
 their VM names and peers as samples; when the window ends (or the log closes) one record
 says how many there were. At most MAX_KINDS kinds are tracked at a time; past that, new
@@ -15,9 +17,9 @@ from cloudvmi.remote.audit_record import NAME_MAX, bound, peer_host
 
 MAX_KINDS = 256
 SAMPLES = 8
-OVERFLOW = ("*", "*", "*", "*")
+OVERFLOW = ("*", "*", "*", "*", "*")
 
-Kind = tuple[str, str | None, str, str]  # who, source host, op, reason
+Kind = tuple[str, str | None, str, str, str]  # who, source host, op, reason, result
 
 
 @dataclass
@@ -48,9 +50,10 @@ class Window:
 
     def record(self, window: float) -> dict:
         """The keyword arguments of the aggregate record."""
-        who, host, op, reason = self.kind
+        who, host, op, reason, result = self.kind
         vm = self.vms[0] if len(self.vms) == 1 and not self.more_vms else "*"
-        return {"who": who, "peer": host, "vm": vm, "op": op, "result": "denied",
+        return {"who": who, "peer": host, "vm": vm, "op": op,
+                "result": "denied" if result == "*" else result,
                 "detail": reason, "count": self.count,
                 "args": {"aggregated": self.count, "window_s": window, "first": self.first,
                          "last": self.last, "vms": self.vms, "more_vms": self.more_vms,
@@ -68,11 +71,12 @@ class DenialAggregator:
         self._ready: list[Window] = []  # ended with denials to record, replaced by a new one
 
     def offer(self, who: str, peer: str | None, op: str, vm: str, reason: str,
-              now: float) -> bool:
-        """True if this denial is to be recorded now (first of its kind in a window)."""
+              now: float, result: str = "denied") -> bool:
+        """True if this denial (or read: RESULT) is to be recorded now (first of its kind in
+        a window)."""
         host = peer_host(peer)
         kind: Kind = (bound(who, NAME_MAX), None if host is None else bound(host, NAME_MAX),
-                      bound(op, NAME_MAX), bound(reason, NAME_MAX))
+                      bound(op, NAME_MAX), bound(reason, NAME_MAX), result)
         if kind not in self._open and len(self._open) >= self.max_kinds:
             self._ready.extend(self.due(now))  # ended windows make room first
             if len(self._open) >= self.max_kinds:

@@ -41,6 +41,9 @@ class AgentConfig:
     max_message_bytes: int = 8 << 20
     max_concurrent_rpcs: int = 64
     workers: int = 16
+    calls_per_identity: int = 4  # calls one client may have in flight (others keep workers)
+    bytes_per_identity: int = 512 << 20  # payload bytes one client may have in flight
+    payload_idle: float = 30.0  # seconds a call's payload may stall before it is cut off
     metrics_listen: str = ""  # "127.0.0.1:9464": serve Prometheus metrics there
     rules: list[Rule] = field(default_factory=list)
 
@@ -75,6 +78,9 @@ def load(path: str | Path) -> AgentConfig:
             max_message_bytes=int(agent.get("max_message_bytes", 8 << 20)),
             max_concurrent_rpcs=int(agent.get("max_concurrent_rpcs", 64)),
             workers=int(agent.get("workers", 16)),
+            calls_per_identity=int(agent.get("calls_per_identity", 4)),
+            bytes_per_identity=int(agent.get("bytes_per_identity", 512 << 20)),
+            payload_idle=float(agent.get("payload_idle", 30.0)),
             metrics_listen=str(agent.get("metrics_listen", "")),
             rules=[Rule(r["identity"], list(r.get("vms", ["*"])), list(r["permissions"]))
                    for r in data.get("allow", [])],

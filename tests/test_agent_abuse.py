@@ -1,0 +1,209 @@
+"""The agent under abuse (issue 14): a real agent process with mutual TLS and three client
+identities, no guest needed. An upload nobody may make is refused before it is read; stalled
+uploads take one client's share, not the agent; reads are recorded; a change whose intent
+cannot be recorded is refused."""
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cloudvmi.remote.audit import verify
+from cloudvmi.remote.certs import init_ca, issue
+from cloudvmi.remote.proto import cloudvmi_pb2 as pb
+from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
+
+MIB = 1 << 20
+IDLE = 3.0  # the agent's payload_idle here
+
+
+class TLSAgent:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        pki = root / "pki"
+        init_ca(pki)
+        issue(pki, pki, "node-agent", "agent", hosts=["127.0.0.1"])
+        for client in ("ops", "viewer", "nobody"):
+            issue(pki, pki, client, "client")
+        self.pki = pki
+        self.audit = root / "audit.jsonl"
+        config = root / "agent.toml"
+        config.write_text(f"""
+[agent]
+node = "abuse"
+listen = "127.0.0.1:0"
+ca = "{pki / 'ca.pem'}"
+cert = "{pki / 'node-agent.pem'}"
+key = "{pki / 'node-agent.key'}"
+audit_log = "{self.audit}"
+lab = false
+workers = 8
+calls_per_identity = 4
+payload_idle = {IDLE}
+
+[[allow]]
+identity = "ops"
+vms = ["vm-x"]
+permissions = ["read", "write", "operate"]
+
+[[allow]]
+identity = "viewer"
+vms = ["*"]
+permissions = ["read"]
+""")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cloudvmi.cli.main", "agent", "serve", "--config",
+             str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+        line = ""
+        for _ in range(50):
+            line = self.proc.stdout.readline()
+            if "listening on" in line or not line:
+                break
+        if "listening on" not in line:
+            self.stop()
+            raise RuntimeError(f"agent did not start: {line}")
+        self.address = line.split("listening on ", 1)[1].split()[0]
+
+    def stub(self, who: str) -> tuple[grpc.Channel, rpc.AgentStub]:
+        creds = grpc.ssl_channel_credentials(
+            (self.pki / "ca.pem").read_bytes(), (self.pki / f"{who}.key").read_bytes(),
+            (self.pki / f"{who}.pem").read_bytes())
+        channel = grpc.secure_channel(self.address, creds, options=[
+            ("grpc.max_send_message_length", 8 * MIB)])
+        return channel, rpc.AgentStub(channel)
+
+    def peak_rss(self) -> int:
+        """The agent's high-water mark of resident memory, in bytes."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    a = TLSAgent(tmp_path_factory.mktemp("abuse"))
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+def _upload(size: int, first_chunk: int, more=None):
+    """An Invoke of guest.write_file announcing SIZE bytes; MORE yields the rest."""
+    yield pb.Call(vm="vm-x", capability="guest.write_file",
+                  args_json=json.dumps({"path": "/tmp/x", "data": {"__blob__": size}}),
+                  data=bytes(first_chunk))
+    if more is not None:
+        yield from more()
+
+
+def _code(call) -> grpc.StatusCode:
+    try:
+        for _ in call:
+            pass
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_an_upload_nobody_may_make_is_refused_before_it_is_read(agent):
+    channel, stub = agent.stub("nobody")
+    before = agent.peak_rss()
+
+    def rest():
+        for _ in range(49):
+            yield pb.Call(data=bytes(4 * MIB))
+
+    with channel:
+        started = time.monotonic()
+        code = _code(stub.Invoke(_upload(200 * MIB, 4 * MIB, rest), timeout=60))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert time.monotonic() - started < 10
+    assert agent.peak_rss() - before < 64 * MIB
+
+
+def test_stalled_uploads_take_one_clients_share_not_the_agent(agent):
+    """16 uploads of a permitted client that stall after their first message: four are
+    admitted (its share), twelve refused at once; another client is answered meanwhile; the
+    stalled ones are cut off after the idle time."""
+    release = threading.Event()
+    codes: list[grpc.StatusCode] = []
+    channel, stub = agent.stub("ops")
+
+    def stall():
+        release.wait(30)
+        return
+        yield  # a generator that sends nothing more
+
+    def one():
+        codes.append(_code(stub.Invoke(_upload(100 * MIB, MIB, stall), timeout=30)))
+
+    threads = [threading.Thread(target=one) for _ in range(16)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    other_channel, other = agent.stub("viewer")
+    with other_channel:
+        started = time.monotonic()
+        other.ListVMs(pb.Empty(), timeout=5)
+        code = _code(other.Invoke(iter([pb.Call(vm="vm-x", capability="vm.running",
+                                                args_json="{}")]), timeout=5))
+        answered = time.monotonic() - started
+    assert code == grpc.StatusCode.NOT_FOUND and answered < 3  # served, not queued
+    for t in threads:
+        t.join(IDLE + 20)
+    release.set()
+    channel.close()
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 12
+    assert codes.count(grpc.StatusCode.CANCELLED) == 4  # cut off after payload_idle
+
+
+def test_reads_and_denials_are_recorded(agent):
+    channel, stub = agent.stub("viewer")
+    with channel:
+        for _ in range(3):
+            _code(stub.Invoke(iter([pb.Call(vm="vm-y", capability="vm.running",
+                                            args_json="{}")]), timeout=5))
+    records = [json.loads(line) for line in agent.audit.read_text().splitlines()]
+    reads = [r for r in records if r["who"] == "viewer" and r["vm"] == "vm-y"]
+    assert reads and reads[0]["op"] == "running" and reads[0]["result"] == "error"
+    assert reads[0]["peer"].startswith("ipv4:127.0.0.1:")  # one record; two more aggregated
+    denied = [r for r in records if r["who"] == "nobody" and r["result"] == "denied"]
+    assert denied and denied[0]["vm"] == "vm-x"
+
+
+def test_a_change_whose_intent_cannot_be_recorded_is_refused(agent):
+    """The log replaced by a directory: the write is refused (not looked up, not made)."""
+    agent.audit.rename(agent.audit.with_suffix(".moved"))
+    agent.audit.mkdir()
+    channel, stub = agent.stub("ops")
+    with channel:
+        try:
+            for _ in stub.Invoke(_upload(1, 1), timeout=10):
+                pass
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE
+            assert "AuditError" in exc.details() and "refused" in exc.details()
+        else:
+            raise AssertionError("a change went ahead without its record")
+    agent.audit.rmdir()
+    agent.audit.with_suffix(".moved").rename(agent.audit)
+    agent.stop()
+    assert verify(agent.audit).ok
