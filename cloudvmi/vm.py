@@ -45,14 +45,16 @@ class VM:
 
     def __init__(self, name: str, phys: PhysicalMemory, qmp: QMP | None = None,
                  dump: DumpInfo | None = None, profile_cache: Path | None = None,
-                 gdb_address: tuple[str, int] | None = None, symbols: str | None = None) -> None:
+                 gdb_address: tuple[str, int] | str | None = None,
+                 symbols: str | None = None) -> None:
         self.name = name
         self.symbols = symbols  # kernel types for a guest without BTF: file or directory
         self.phys = phys
         self.qmp = qmp
         self.dump = dump
         self.profile_cache = profile_cache
-        self.gdb_address = gdb_address
+        self.gdb_address = gdb_address  # a stub the VM was started with: (host, port) or path
+        self._gdb_started = None  # the stub we started (removed again when we detach)
         self._linux = None
         self._gdb = None
         self._guest = None
@@ -86,12 +88,16 @@ class VM:
                 raise CloudVMIError("attach with writable=True to change the guest")
             if not self._journal_path().exists():  # else we stopped it: recovery resumes it
                 self._check_running()  # connecting would stop it, and closing resume it
-            host, port = self.gdb_address or ensure_gdbstub(self.qmp)
+            address = self.gdb_address
+            if address is None:
+                address, started = ensure_gdbstub(self.qmp, self.qmp.socket_path)
+                self._gdb_started = address if started else None
             with self._pause_recorded():  # connecting stops the VM until we let it run
-                self._gdb = GDBStub.connect(host, port)
+                self._gdb = (GDBStub.connect(address) if isinstance(address, str)
+                             else GDBStub.connect(*address))
                 injector = Injector(self.linux.kernel, self._gdb,
                                     before_hijack=self._check_running,
-                                    journal=self._journal_path())
+                                    journal=self._journal_path(), run=self._run_identity())
                 injector.recover()  # a thread left hijacked by a process that died
                 if not self._gdb.running:
                     self._gdb.cont()  # operations stop it again when they must
@@ -113,6 +119,20 @@ class VM:
             return False
         self.guest  # noqa: B018 - creating the operations runs the recovery
         return True
+
+    def _run_identity(self) -> dict:
+        """What tells this run of the VM from another: the QEMU process (pid and start time),
+        the host's boot, and the guest kernel's boot (its KASLR slide and build)."""
+        pid = qemu_pid(self.qmp.socket_path)
+        try:
+            started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except (OSError, IndexError):
+            started = boot = "?"
+        kernel = self.linux.kernel
+        return {"qemu_pid": pid, "qemu_started": started, "host_boot": boot,
+                "guest_text": kernel.text_virt,
+                "guest_build": hashlib.sha256(kernel.profile.banner).hexdigest()[:16]}
 
     def _journal_path(self) -> Path:
         """Where injections into this VM are journaled: one file per QMP socket."""
@@ -230,6 +250,12 @@ class VM:
             if self._gdb is not None:
                 self._gdb.close()
                 self._gdb = None
+            if self._gdb_started is not None and self.qmp:
+                from cloudvmi.control.gdbserver import stop_gdbstub
+
+                with contextlib.suppress(CloudVMIError, OSError):
+                    stop_gdbstub(self.qmp, self._gdb_started)  # no debugger stays open
+                self._gdb_started = None
             if self.qmp:
                 self.qmp.close()
             self.phys.close()
@@ -314,7 +340,7 @@ def _attach(target: str, writable: bool, profile_cache: Path | None | str,
 
 
 def _attach_qmp(socket_path: str, name: str, writable: bool, cache: Path | None,
-                gdb_address: tuple[str, int] | None = None) -> VM:
+                gdb_address: tuple[str, int] | str | None = None) -> VM:
     qmp = QMP(socket_path)
     try:
         _resume_if_left_paused(qmp)

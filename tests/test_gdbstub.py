@@ -1,8 +1,12 @@
 """The gdbstub client: framing against a fake stub in-process, then a real QEMU guest."""
 
+import os
 import re
 import socket
+import stat
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -13,7 +17,9 @@ from cloudvmi.control.gdbserver import (
     GDBStubBusy,
     ensure_gdbstub,
     find_gdbstub,
+    gdbstub_chardev,
     start_gdbstub,
+    stop_gdbstub,
 )
 from cloudvmi.control.gdbstub import (
     GDBMemoryError,
@@ -437,7 +443,7 @@ def _status(g) -> str:
 def test_guest_registers_match_qmp(guest):
     g, _ = guest
     t0 = time.perf_counter()
-    with GDBStub.connect("127.0.0.1", g.gdb_port) as gdb:
+    with GDBStub.connect(g.gdb_socket) as gdb:
         TIMES["connect"] = f"{(time.perf_counter() - t0) * 1e3:.1f} ms"
         assert gdb.registers_from_xml
         regs = gdb.read_registers()
@@ -456,7 +462,7 @@ def test_guest_registers_match_qmp(guest):
 
 def test_guest_register_write_round_trip(guest):
     g, _ = guest
-    with GDBStub.connect("127.0.0.1", g.gdb_port) as gdb:
+    with GDBStub.connect(g.gdb_socket) as gdb:
         before = gdb.read_registers()
         try:
             gdb.write_register("r11", 0x1122334455667788)
@@ -472,7 +478,7 @@ def test_guest_register_write_round_trip(guest):
 
 def test_guest_kernel_memory(guest):
     g, syms = guest
-    with GDBStub.connect("127.0.0.1", g.gdb_port) as gdb:
+    with GDBStub.connect(g.gdb_socket) as gdb:
         assert gdb.read_memory(syms["linux_banner"], 13) == b"Linux version"
         banner = gdb.read_memory(syms["linux_banner"], 4096)
         assert banner.startswith(b"Linux version 6.1")
@@ -501,7 +507,7 @@ def _syscalls_in_background(g) -> threading.Thread:
 def test_guest_hardware_breakpoint_and_step(guest):
     g, syms = guest
     target = syms["do_syscall_64"]
-    with GDBStub.connect("127.0.0.1", g.gdb_port) as gdb:
+    with GDBStub.connect(g.gdb_socket) as gdb:
         gdb.add_breakpoint(target, hardware=True)
         worker = _syscalls_in_background(g)
         hits = []
@@ -528,7 +534,7 @@ def test_guest_hardware_breakpoint_and_step(guest):
 
 def test_guest_watchpoint(guest):
     g, syms = guest
-    with GDBStub.connect("127.0.0.1", g.gdb_port) as gdb:
+    with GDBStub.connect(g.gdb_socket) as gdb:
         gdb.add_watchpoint(syms["jiffies"], 8, "write")  # the timer tick writes it
         gdb.cont()
         stop = gdb.wait_stop(timeout=10)
@@ -539,7 +545,7 @@ def test_guest_watchpoint(guest):
 
 def test_guest_interrupt_and_continue(guest):
     g, _ = guest
-    with GDBStub.connect("127.0.0.1", g.gdb_port) as gdb:
+    with GDBStub.connect(g.gdb_socket) as gdb:
         waits = []
         for _ in range(10):
             gdb.cont()
@@ -560,7 +566,7 @@ def test_guest_interrupt_and_continue(guest):
 
 def test_guest_close_after_error_leaves_it_running(guest):
     g, syms = guest
-    gdb = GDBStub.connect("127.0.0.1", g.gdb_port)
+    gdb = GDBStub.connect(g.gdb_socket)
     gdb.add_breakpoint(syms["do_syscall_64"])
     gdb._sock.shutdown(socket.SHUT_RDWR)  # the connection breaks under us
     with pytest.raises(GDBStubError):
@@ -571,28 +577,39 @@ def test_guest_close_after_error_leaves_it_running(guest):
 
 
 def test_guest_ensure_gdbstub(guest):
+    """A stub is found, refused while busy, started on a private unix socket when the VM has
+    none (no other user can connect to it), and removed again by whoever started it."""
     g, _ = guest
     qmp = QMP(str(g.qmp_path))
     try:
-        assert find_gdbstub(qmp) == ensure_gdbstub(qmp) == ("127.0.0.1", g.gdb_port)
-        with GDBStub.connect("127.0.0.1", g.gdb_port):
+        assert find_gdbstub(qmp) == g.gdb_socket
+        assert ensure_gdbstub(qmp, str(g.qmp_path)) == (g.gdb_socket, False)
+        with GDBStub.connect(g.gdb_socket):
             with pytest.raises(GDBStubBusy):
-                ensure_gdbstub(qmp)
+                ensure_gdbstub(qmp, str(g.qmp_path))
             t0 = time.perf_counter()
-            with pytest.raises(GDBStubBusy):  # refused before connecting: see _local_port_busy
-                GDBStub.connect("127.0.0.1", g.gdb_port)
+            with pytest.raises(GDBStubBusy):  # refused before connecting: see _unix_busy
+                GDBStub.connect(g.gdb_socket)
             assert time.perf_counter() - t0 < 0.5
         qmp.hmp("gdbserver none")  # as if QEMU had been started without -gdb
         assert find_gdbstub(qmp) is None
-        host, port = ensure_gdbstub(qmp)
-        assert port != g.gdb_port
-        with GDBStub.connect(host, port) as gdb:
+        path, started = ensure_gdbstub(qmp, str(g.qmp_path))
+        assert started and path != g.gdb_socket
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+        with GDBStub.connect(path) as gdb:
             assert gdb.read_register("rip")
             assert not qmp.execute("query-status")["running"]
         assert qmp.execute("query-status")["running"]
+        other_user = subprocess.run(  # nobody else may reach it
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-c", f"import socket; socket.socket(socket.AF_UNIX).connect({path!r})"],
+            capture_output=True, text=True)
+        assert other_user.returncode != 0 and "PermissionError" in other_user.stderr
         with pytest.raises(GDBStubError, match="already has"):
             start_gdbstub(qmp)
+        stop_gdbstub(qmp, path)
+        assert gdbstub_chardev(qmp) is None and not os.path.exists(path)
     finally:
-        start_gdbstub(qmp, port=g.gdb_port, replace=True)  # back where the lab says it is
+        start_gdbstub(qmp, path=g.gdb_socket, replace=True)  # back where the lab says it is
         qmp.close()
     assert g.console.check("echo ok").strip() == "ok"

@@ -22,7 +22,7 @@ class Found:
     name: str
     kind: str  # the finder's name: "lab", ...
     qmp: str  # QMP socket path
-    gdb: tuple[str, int] | None = None  # a gdbstub the VM already has, if any
+    gdb: tuple[str, int] | str | None = None  # a gdbstub the VM has: (host, port) or a path
     detail: str = ""
 
 

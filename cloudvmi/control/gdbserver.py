@@ -7,16 +7,28 @@ first, which also drops any client connected to it; the chardev's filename reads
 `disconnected:tcp:HOST:PORT,server=on` while free and has `<->` while a client is connected.
 Probing a stub by connecting to it is not an option: a connection stops the VM, and one queued
 behind a connected client stops it later, when QEMU accepts it.
+
+A stub gives whoever reaches it the guest's memory and registers, with no authorization or
+audit. So the stubs started here listen on a unix socket in a directory only its owner may
+enter (0700), never on TCP, where every local user could connect; and whoever started one
+removes it when done (`stop_gdbstub`).
 """
 
+import hashlib
+import os
 import re
 import socket
+from pathlib import Path
 
 from cloudvmi.control.gdbstub import GDBStubBusy, GDBStubError
+from cloudvmi.paths import state_dir
 
-__all__ = ["GDBStubBusy", "ensure_gdbstub", "find_gdbstub", "gdbstub_chardev", "start_gdbstub"]
+__all__ = ["GDBStubBusy", "ensure_gdbstub", "find_gdbstub", "gdbstub_chardev", "start_gdbstub",
+           "stop_gdbstub"]
 
+Address = tuple[str, int] | str  # (host, port) of a TCP stub, or a unix socket's path
 _TCP = re.compile(r"^(?:disconnected:)?tcp:(\[[^\]]*\]|[^:,]*):(\d+)")
+_UNIX = re.compile(r"^(?:disconnected:)?unix:([^,]+)")
 
 
 def gdbstub_chardev(qmp) -> str | None:
@@ -27,24 +39,34 @@ def gdbstub_chardev(qmp) -> str | None:
     return None
 
 
-def find_gdbstub(qmp) -> tuple[str, int] | None:
-    """(host, port) of the VM's TCP gdbstub if it has one that is free, else None.
-
-    Raises GDBStubBusy if a client is connected to it.
-    """
+def find_gdbstub(qmp) -> Address | None:
+    """The address of the VM's gdbstub if it has one that is free ((host, port) on TCP, a
+    path on a unix socket), else None. Raises GDBStubBusy if a client is connected to it."""
     filename = gdbstub_chardev(qmp)
     if filename is None:
         return None
-    match = _TCP.match(filename)
-    if match is None:
-        return None  # a stub on a unix socket, a pty...: not reachable as (host, port)
+    tcp, unix = _TCP.match(filename), _UNIX.match(filename)
+    if tcp is None and unix is None:
+        return None  # a pty, stdio...: not something to connect to
     if "<->" in filename:
         raise GDBStubBusy(f"the VM's gdbstub ({filename}) already has a client; QEMU serves "
                           "one at a time")
-    host = match.group(1).strip("[]")
+    if unix is not None:
+        return unix.group(1)
+    host = tcp.group(1).strip("[]")
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1" if host != "::" else "::1"
-    return host, int(match.group(2))
+    return host, int(tcp.group(2))
+
+
+def private_socket(qmp_path: str) -> str:
+    """Where a stub for the VM behind QMP_PATH listens: in a 0700 directory of the state
+    directory, one name per VM (unix socket paths are short: the name is a digest)."""
+    directory = state_dir() / "gdb"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
+    name = hashlib.sha256(os.path.realpath(qmp_path).encode()).hexdigest()[:16]
+    return str(directory / f"{name}.sock")
 
 
 def _free_port(host: str) -> int:
@@ -54,8 +76,9 @@ def _free_port(host: str) -> int:
 
 
 def start_gdbstub(qmp, host: str = "127.0.0.1", port: int | None = None,
-                  replace: bool = False) -> tuple[str, int]:
-    """Start a gdbstub on HOST:PORT (a free port if None) with HMP `gdbserver`.
+                  replace: bool = False, path: str | None = None) -> Address:
+    """Start a gdbstub with HMP `gdbserver`: on the unix socket PATH when given (what
+    ensure_gdbstub does), else on HOST:PORT (a free port if None).
 
     REPLACE stops an existing stub first (disconnecting its client); without it an existing
     stub is an error.
@@ -66,6 +89,12 @@ def start_gdbstub(qmp, host: str = "127.0.0.1", port: int | None = None,
             raise GDBStubError(f"the VM already has a gdbstub ({existing}); pass replace=True "
                                "to move it")
         qmp.hmp("gdbserver none")
+    if path is not None:
+        Path(path).unlink(missing_ok=True)
+        last = qmp.hmp(f"gdbserver unix:{path},server=on,wait=off")
+        if find_gdbstub(qmp) == path:
+            return path
+        raise GDBStubError(f"QEMU could not start a gdbstub on {path}: {last.strip()}")
     last = ""
     for _ in range(3 if port is None else 1):
         chosen = _free_port(host) if port is None else port
@@ -78,17 +107,22 @@ def start_gdbstub(qmp, host: str = "127.0.0.1", port: int | None = None,
     raise GDBStubError(f"QEMU could not start a gdbstub on {host}: {last.strip()}")
 
 
-def ensure_gdbstub(qmp, host: str = "127.0.0.1") -> tuple[str, int]:
-    """(host, port) of a free gdbstub for the VM behind QMP, starting one if it has none.
+def stop_gdbstub(qmp, path: str | None = None) -> None:
+    """Remove the VM's gdbstub (and its socket file): nothing stays open once we are done."""
+    qmp.hmp("gdbserver none")
+    if path is not None:
+        Path(path).unlink(missing_ok=True)
 
-    A stub we cannot reach over TCP (unix socket, pty) is left alone: this raises instead of
-    taking it away from whoever set it up.
-    """
+
+def ensure_gdbstub(qmp, qmp_path: str) -> tuple[Address, bool]:
+    """(address, started) of a free gdbstub for the VM behind QMP: its own if it has one
+    (started False: leave it), else a new one on a private unix socket (started True: the
+    caller removes it with stop_gdbstub when done)."""
     found = find_gdbstub(qmp)
     if found is not None:
-        return found
+        return found, False
     filename = gdbstub_chardev(qmp)
     if filename is not None:
-        raise GDBStubError(f"the VM's gdbstub is on {filename}, not TCP; use "
-                           "start_gdbstub(qmp, replace=True) to move it")
-    return start_gdbstub(qmp, host)
+        raise GDBStubError(f"the VM's gdbstub is on {filename}, which cannot be connected to; "
+                           "use start_gdbstub(qmp, replace=True) to move it")
+    return start_gdbstub(qmp, path=private_socket(qmp_path)), True

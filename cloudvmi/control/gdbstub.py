@@ -243,6 +243,18 @@ def _fit(name: str, value: int, bits: int) -> int:
     raise GDBStubError(f"value {value:#x} does not fit register {name} ({bits} bits)")
 
 
+def _unix_busy(path: str) -> bool:
+    """Whether the stub on the unix socket PATH already has a client: a connected socket
+    (state 03) bound to that path in /proc/net/unix (the same reason as _local_port_busy)."""
+    try:
+        with open("/proc/net/unix") as f:
+            next(f, None)
+            return any(cols[5] == "03" and cols[-1] == path
+                       for cols in (line.split() for line in f) if len(cols) >= 8)
+    except OSError:
+        return False
+
+
 def _local_port_busy(host: str, port: int) -> bool:
     """Whether a local stub already has a client: an established socket on its port.
 
@@ -271,9 +283,11 @@ def _local_port_busy(host: str, port: int) -> bool:
 class GDBStub:
     """One connection to a gdbstub. The VM is stopped while connected, unless cont()."""
 
-    def __init__(self, sock: socket.socket, host: str, port: int, timeout: float) -> None:
+    def __init__(self, sock: socket.socket, host: str, port: int | None,
+                 timeout: float) -> None:
         self.host = host
         self.port = port
+        self.where = host if port is None else f"{host}:{port}"
         self.timeout = timeout
         self._sock: socket.socket | None = sock
         self._buf = bytearray()
@@ -296,17 +310,30 @@ class GDBStub:
 
     # -- connection ------------------------------------------------------------------------
     @classmethod
-    def connect(cls, host: str, port: int, timeout: float = 5.0,
+    def connect(cls, host: str, port: int | None = None, timeout: float = 5.0,
                 describe: bool = True) -> "GDBStub":
-        """Connect, negotiate, read the register list, and learn where the VM stopped."""
-        if _local_port_busy(host, port):
-            raise GDBStubBusy(f"gdbstub {host}:{port} already has a client; QEMU serves one at "
-                              "a time")
-        try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-        except OSError as exc:
-            raise GDBStubError(f"cannot reach gdbstub at {host}:{port}: {exc}") from exc
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """Connect, negotiate, read the register list, and learn where the VM stopped.
+        HOST:PORT for a stub on TCP; HOST alone is the path of a stub's unix socket."""
+        if port is None:
+            if _unix_busy(host):
+                raise GDBStubBusy(f"gdbstub {host} already has a client; QEMU serves one at "
+                                  "a time")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(host)
+            except OSError as exc:
+                sock.close()
+                raise GDBStubError(f"cannot reach gdbstub at {host}: {exc}") from exc
+        else:
+            if _local_port_busy(host, port):
+                raise GDBStubBusy(f"gdbstub {host}:{port} already has a client; QEMU serves "
+                                  "one at a time")
+            try:
+                sock = socket.create_connection((host, port), timeout=timeout)
+            except OSError as exc:
+                raise GDBStubError(f"cannot reach gdbstub at {host}:{port}: {exc}") from exc
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         stub = cls(sock, host, port, timeout)
         try:
             stub._handshake(describe)
@@ -441,14 +468,14 @@ class GDBStub:
     # -- wire ------------------------------------------------------------------------------
     def _fail(self, message: str, exc: Exception | None = None) -> GDBStubError:
         self._broken = True
-        err = GDBStubError(f"gdbstub {self.host}:{self.port}: {message}")
+        err = GDBStubError(f"gdbstub {self.where}: {message}")
         if exc is not None:
             err.__cause__ = exc
         return err
 
     def _check_usable(self) -> None:
         if self._sock is None or self._broken:
-            raise GDBStubError(f"gdbstub {self.host}:{self.port}: connection closed or broken")
+            raise GDBStubError(f"gdbstub {self.where}: connection closed or broken")
 
     def _write(self, data: bytes) -> None:
         assert self._sock is not None
@@ -770,7 +797,7 @@ class GDBStub:
             while True:
                 item = self._next_item(deadline)
                 if item is None:
-                    raise GDBStubTimeout(f"gdbstub {self.host}:{self.port}: the VM did not stop "
+                    raise GDBStubTimeout(f"gdbstub {self.where}: the VM did not stop "
                                          f"within {timeout:.1f} s (it is still running)")
                 if item in (b"+", b"-"):
                     continue

@@ -6,7 +6,7 @@ from cloudvmi.lab import guest as lab
 
 
 def _found(g: lab.LabGuest) -> Found:
-    return Found(g.name, "lab", str(g.qmp_path), ("127.0.0.1", g.gdb_port),
+    return Found(g.name, "lab", str(g.qmp_path), g.gdb_socket,
                  g.meta.get("release", ""))
 
 

@@ -48,8 +48,9 @@ class LabGuest:
         return int(self.meta["pid"])
 
     @property
-    def gdb_port(self) -> int:
-        return int(self.meta["gdb_port"])
+    def gdb_socket(self) -> str:
+        """The unix socket of the guest's gdbstub (in its 0700 directory: root only)."""
+        return str(self.dir / "gdb.sock")
 
     @property
     def console(self) -> Console:
@@ -66,12 +67,6 @@ def parse_size(text: str) -> int:
         raise LabError(f"bad memory size {text!r}; use e.g. 256M or 4G")
     value = int(match.group(1))
     return value * 1024 if match.group(2).lower() == "g" else value
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(name: str) -> LabGuest:
@@ -123,8 +118,8 @@ def up(
     initrd = initramfs.build(lab_kernel)
     mem_mib = parse_size(mem)
     gdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(gdir, 0o700)  # its gdbstub and QMP sockets: no other user may reach them
     shm_path = Path("/dev/shm") / f"cloudvmi-{name}"
-    gdb_port = _free_port()
     cpu_args = qemu_accel_args(accel)
     if paging == 4:
         cpu_args[-1] += ",la57=off"
@@ -137,7 +132,7 @@ def up(
         *(["-object", f"memory-backend-file,id=mem,size={mem_mib}M,mem-path={shm_path},share=on",
             "-machine", "pc,memory-backend=mem"] if shm else ["-machine", "pc"]),
         "-qmp", f"unix:{gdir / 'qmp.sock'},server=on,wait=off",
-        "-gdb", f"tcp:127.0.0.1:{gdb_port}",
+        "-gdb", f"unix:{gdir / 'gdb.sock'},server=on,wait=off",
         "-chardev", f"socket,id=ser0,path={gdir / 'serial.sock'},server=on,wait=off,"
                     f"logfile={gdir / 'serial.log'}",
         "-serial", "chardev:ser0",
@@ -151,7 +146,7 @@ def up(
         raise LabError(f"QEMU failed to start: {proc.stderr.strip()}")
     pid = int((gdir / "qemu.pid").read_text())
     meta = {
-        "name": name, "pid": pid, "shm": str(shm_path) if shm else None, "gdb_port": gdb_port,
+        "name": name, "pid": pid, "shm": str(shm_path) if shm else None,
         "kernel": kernel,
         "flavour": flavour, "release": lab_kernel.release, "mem_mib": mem_mib, "smp": smp,
         "paging": paging, "accel": cpu_args[1], "extra_procs": extra_procs,

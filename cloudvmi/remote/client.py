@@ -4,6 +4,7 @@
 import contextlib
 import json
 import queue
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from cloudvmi.write.channel import CallResult, GuestCall
 from cloudvmi.write.errors import GuestOSError
 
 CHUNK = 1 << 20  # payload bytes per streamed message
+MAX_BUSY_WAIT = 30.0  # seconds a call waits for its share of a busy agent before failing
 
 
 class RemoteError(CloudVMIError):
@@ -50,6 +52,11 @@ class TLS:
         return cls(d / "ca.pem", d / f"{name}.pem", d / f"{name}.key")
 
 
+def _busy(exc: grpc.RpcError) -> bool:
+    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and '"LimitExceeded"' in (
+        exc.details() or "")
+
+
 def _raise(exc: grpc.RpcError, node: str):
     code = exc.code()
     details = exc.details() or ""
@@ -62,7 +69,8 @@ def _raise(exc: grpc.RpcError, node: str):
         raise PermissionDenied(message, info.get("type", ""), code) from None
     if info.get("type") == "GuestOSError":
         raise GuestOSError(int(info.get("errno", 0)), message) from None
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and \
+            info.get("type") != "AuditError":
         raise RemoteError(f"{node}: agent unreachable ({code.name.lower()}): "
                           f"{details[:200]}", "Unavailable", code) from None
     raise RemoteError(message, info.get("type", ""), code) from None
@@ -106,15 +114,25 @@ class Node:
             for offset in range(CHUNK, len(payload), CHUNK):
                 yield pb.Call(data=payload[offset:offset + CHUNK])
 
-        try:
-            if len(payload) <= CHUNK:  # all in the first message
-                replies = self.stub.InvokeOne(next(calls()), timeout=self.timeout)
-            else:
-                replies = self.stub.Invoke(calls(), timeout=self.timeout)
-            first = next(replies)
-            data = b"".join(r.data for r in replies)
-        except grpc.RpcError as exc:
-            _raise(exc, self.name)
+        deadline = time.monotonic() + min(self.timeout, MAX_BUSY_WAIT)
+        pause = 0.02
+        while True:
+            try:
+                if len(payload) <= CHUNK:  # all in the first message
+                    replies = self.stub.InvokeOne(next(calls()), timeout=self.timeout)
+                else:
+                    replies = self.stub.Invoke(calls(), timeout=self.timeout)
+                first = next(replies)
+                data = b"".join(r.data for r in replies)
+                break
+            except grpc.RpcError as exc:
+                # Over this client's share of the agent: refused before anything was done,
+                # so trying again later is safe.
+                if _busy(exc) and time.monotonic() + pause < deadline:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 1.0)
+                    continue
+                _raise(exc, self.name)
         return codec.decode(first.json, data, cap.result)
 
     def vm(self, name: str) -> "RemoteVM":

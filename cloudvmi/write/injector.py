@@ -20,7 +20,7 @@ from cloudvmi.os.linux.kernel import LinuxKernel
 from cloudvmi.os.linux.records import Record
 from cloudvmi.write import batch as batch_mod
 from cloudvmi.write.errors import InjectionError, InjectionTimeout, TargetExited, errno_of
-from cloudvmi.write.journal import Holding, Journal
+from cloudvmi.write.journal import Holding, Journal, StaleJournal
 from cloudvmi.write.signals import Signals
 from cloudvmi.write.target import Target
 from cloudvmi.write.threads import ThreadChooser
@@ -36,13 +36,13 @@ class Injector:
 
     def __init__(self, kernel: LinuxKernel, gdb: GDBStub, timeout: float = 10.0,
                  require_root: bool = True, before_hijack=None,
-                 journal: Path | None = None) -> None:
+                 journal: Path | None = None, run: dict | None = None) -> None:
         self.kernel = kernel
         self.arch = kernel.arch
         self.abi = kernel.arch.syscall
         # What we hold, on disk: if this process dies mid-injection, the next one puts the
         # thread back (recover()).
-        self.journal = Journal(journal) if journal is not None else None
+        self.journal = Journal(journal, run) if journal is not None else None
         self.before_hijack = before_hijack  # e.g. refuse a VM that someone else paused
         self.gdb = gdb
         self.timeout = timeout
@@ -148,7 +148,11 @@ class Injector:
     def recover(self) -> str | None:
         """Put back a thread that an earlier process left hijacked (it died mid-injection):
         its registers, or its user frame if it is inside a syscall; breakpoints removed."""
-        target = self.journal.read() if self.journal is not None else None
+        try:
+            target = self.journal.read() if self.journal is not None else None
+        except StaleJournal as exc:
+            aside = self.journal.set_aside()
+            return f"{exc}: not applied, kept as {aside}"
         if target is None:
             return None
         self.gdb.interrupt()
@@ -168,8 +172,10 @@ class Injector:
             if thread is not None:
                 self.gdb.select(thread)
             regs = self.gdb.read_registers()
-            if (self._task_of(regs) == target.task and self._root(regs) == target.root
-                    and regs[self.arch.pc] == target.stop_at):
+            if self._task_of(regs) == target.task and self._root(regs) == target.root and (
+                    regs[self.arch.pc] in (target.stop_at, target.saved[self.arch.pc])):
+                # at STOP_AT, or still where it was taken (our registers never reached it):
+                # either way held here, and its own registers go back exactly
                 target.thread, target.parked, how = thread, True, "parked"
                 break
         else:
@@ -312,11 +318,11 @@ class Injector:
             raise InjectionError(f"process {target.tgid} is no longer held at a safe point")
         if target.thread is not None and self.gdb.thread != target.thread:
             self.gdb.select(target.thread)
+        target.stop_at = stop_at  # journal first: a death after it finds the thread
+        target.parked = False  # either still at home or on its way to STOP_AT
+        self._write_journal()
         self.gdb.write_registers({**regs, self.arch.pc: pc})
         deadline = time.monotonic() + self.timeout
-        target.stop_at = stop_at
-        target.parked = False
-        self._write_journal()
         try:
             _, out = self._await_thread(stop_at, target.root, target.task, deadline,
                                         "the injected code to finish")
@@ -420,6 +426,7 @@ class Injector:
     def _release(self, target: Target) -> dict[str, int] | None:
         if target.dead:
             self.kernel.invalidate()
+            self._clear_journal()
             self.gdb.cont()
             return None
         if not target.parked:
@@ -434,6 +441,7 @@ class Injector:
         if changed:
             raise InjectionError(f"registers not restored: {changed}")
         self._restore_signals(target)
+        self._clear_journal()  # the thread is back: only now may the VM run on
         self.gdb.cont()
         return now
 
@@ -467,6 +475,7 @@ class Injector:
                 if gdb_name in values:
                     self.kernel.space.write(frame + regs.offset(field),
                                             self.arch.pointer.pack(values[gdb_name]))
+            self._clear_journal()  # its frame is its own again
         except (GuestMemoryError, InjectionError, KeyError) as exc:
             raise InjectionError(f"process {target.tgid} is still inside an injected system "
                                  f"call and its registers could not be restored: {exc}") from exc

@@ -3,7 +3,9 @@ a process that dies mid-injection leaves enough for the next one to put the thre
 
 One file per VM under the state directory (not the cache: deleting a cache must never lose
 a guest's registers); every write is fsync'd, file and directory, and replaces the old one
-atomically.
+atomically. Each record names the run of the VM it belongs to (the QEMU process and its
+start, the host's boot, the guest kernel's boot): a journal left by another run (the VM was
+restarted, the guest rebooted) is never applied to this one, only set aside.
 """
 
 import dataclasses
@@ -23,20 +25,32 @@ class Holding:
     breakpoints: list[int]
 
 
+class StaleJournal(InjectionError):
+    """The journal belongs to another run of the VM: it must not be applied to this one."""
+
+
 class Journal:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, run: dict | None = None) -> None:
         self.path = path
+        self.run = run or {}  # what identifies this run of the VM
 
     def exists(self) -> bool:
         return self.path.exists()
 
     def write(self, target: Target) -> None:
-        self._put(dataclasses.asdict(target))
+        self._put({**dataclasses.asdict(target), "run": self.run})
 
     def hold(self, breakpoints: list[int]) -> None:
         """The VM is about to be stopped to look for a thread (none is held yet): a process
         that dies now leaves it stopped, with these breakpoints set."""
-        self._put({"holding": True, "breakpoints": breakpoints})
+        self._put({"holding": True, "breakpoints": breakpoints, "run": self.run})
+
+    def set_aside(self) -> Path:
+        """Keep a stale journal for a human to read, out of recovery's way."""
+        aside = self.path.with_suffix(".stale.json")
+        os.replace(self.path, aside)
+        self._sync_dir()
+        return aside
 
     def _put(self, record: dict) -> None:
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
@@ -50,8 +64,13 @@ class Journal:
         self._sync_dir()
 
     def read(self) -> Target | Holding | None:
+        """What the journal holds; StaleJournal if another run of the VM wrote it."""
         try:
             record = json.loads(self.path.read_text())
+            run = record.pop("run", {})
+            if self.run and run != self.run:
+                raise StaleJournal(f"injection journal {self.path} is from another run of the "
+                                   f"VM ({run} now {self.run})")
             if record.get("holding"):
                 return Holding([int(b) for b in record.get("breakpoints", [])])
             return Target(**record)
