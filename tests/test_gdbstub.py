@@ -590,7 +590,7 @@ def test_guest_ensure_gdbstub(guest):
             t0 = time.perf_counter()
             with pytest.raises(GDBStubBusy):  # refused before connecting: see _unix_busy
                 GDBStub.connect(g.gdb_socket)
-            assert time.perf_counter() - t0 < 0.5
+            assert time.perf_counter() - t0 < 1.5  # after a second for a leaving client
         qmp.hmp("gdbserver none")  # as if QEMU had been started without -gdb
         assert find_gdbstub(qmp) is None
         path, started = ensure_gdbstub(qmp, str(g.qmp_path))

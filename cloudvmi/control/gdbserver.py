@@ -4,7 +4,8 @@ QMP has no gdbstub command, so this reads the stub's chardev (label "gdb") from
 query-chardev and starts one with HMP `gdbserver`. Facts (QEMU 7.2): `gdbserver tcp:...`
 fails ("duplicate yank instance") while a stub exists, so replacing one takes `gdbserver none`
 first, which also drops any client connected to it; the chardev's filename reads
-`disconnected:tcp:HOST:PORT,server=on` while free and has `<->` while a client is connected.
+`disconnected:tcp:HOST:PORT,server=on` (or `disconnected:unix:PATH,...`) while free and loses
+the `disconnected:` prefix while a client is connected.
 Probing a stub by connecting to it is not an option: a connection stops the VM, and one queued
 behind a connected client stops it later, when QEMU accepts it.
 
@@ -48,7 +49,7 @@ def find_gdbstub(qmp) -> Address | None:
     tcp, unix = _TCP.match(filename), _UNIX.match(filename)
     if tcp is None and unix is None:
         return None  # a pty, stdio...: not something to connect to
-    if "<->" in filename:
+    if not filename.startswith("disconnected:"):  # TCP shows "<->" too; unix only this
         raise GDBStubBusy(f"the VM's gdbstub ({filename}) already has a client; QEMU serves "
                           "one at a time")
     if unix is not None:

@@ -243,16 +243,22 @@ def _fit(name: str, value: int, bits: int) -> int:
     raise GDBStubError(f"value {value:#x} does not fit register {name} ({bits} bits)")
 
 
-def _unix_busy(path: str) -> bool:
+def _unix_busy(path: str, settle: float = 1.0) -> bool:
     """Whether the stub on the unix socket PATH already has a client: a connected socket
-    (state 03) bound to that path in /proc/net/unix (the same reason as _local_port_busy)."""
-    try:
-        with open("/proc/net/unix") as f:
-            next(f, None)
-            return any(cols[5] == "03" and cols[-1] == path
-                       for cols in (line.split() for line in f) if len(cols) >= 8)
-    except OSError:
-        return False
+    (state 03) bound to that path in /proc/net/unix (the same reason as _local_port_busy).
+    QEMU closes its end of a client that just left a moment later: wait up to SETTLE."""
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            with open("/proc/net/unix") as f:
+                next(f, None)
+                busy = any(cols[5] == "03" and cols[-1] == path
+                           for cols in (line.split() for line in f) if len(cols) >= 8)
+        except OSError:
+            return False
+        if not busy or time.monotonic() >= deadline:
+            return busy
+        time.sleep(0.02)
 
 
 def _local_port_busy(host: str, port: int) -> bool:
