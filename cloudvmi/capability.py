@@ -26,12 +26,47 @@ ENTRY_POINT_GROUP = "cloudvmi.capabilities"
 PLUGINS_ENV = "CLOUDVMI_PLUGINS"
 
 
+class Check:
+    """A rule on a parameter's value, declared in its type (`Annotated[str, Rule(fn)]`) so
+    that every caller applies it before the VM is touched: local facades, the remote client
+    and the agent's argument check. A refused value raises ValueError."""
+
+    def __call__(self, value: Any) -> None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Rule(Check):
+    """FN(value) raises ValueError for a value it refuses."""
+
+    fn: Callable[[Any], object]
+
+    def __call__(self, value: Any) -> None:
+        self.fn(value)
+
+
+@dataclass(frozen=True)
+class Range(Check):
+    """A number with LOW <= value <= HIGH (NaN and infinities are outside)."""
+
+    low: float
+    high: float
+    unit: str = ""
+
+    def __call__(self, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not self.low <= value <= self.high:
+            raise ValueError(f"{value!r} is not within {self.low:g}{self.unit} and "
+                             f"{self.high:g}{self.unit}")
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
     type: Any
     default: Any = inspect.Parameter.empty
     help: str = ""
+    checks: tuple[Check, ...] = ()
 
     @property
     def required(self) -> bool:
@@ -94,6 +129,16 @@ class Capability:
             raise TypeError(f"{self.key} needs {', '.join(missing)}")
         return out
 
+    def check(self, args: dict[str, Any]) -> None:
+        """Apply the declared checks (`Annotated[..., Check]`) to bound ARGS: a ValueError
+        naming the capability and the parameter."""
+        for name, value in args.items():
+            for rule in self.param(name).checks:
+                try:
+                    rule(value)
+                except ValueError as exc:
+                    raise ValueError(f"{self.name}: {name}: {exc}") from None
+
 
 _REGISTRY: dict[str, Capability] = {}
 _loaded = False
@@ -106,8 +151,10 @@ def _declare(facet: str, fn: Callable, name: str | None, permission: str, live: 
     if facet not in FACETS or permission not in PERMISSIONS:
         raise ValueError(f"bad declaration of {fn.__name__}: {facet}/{permission}")
     hints = typing.get_type_hints(fn)
+    extras = typing.get_type_hints(fn, include_extras=True)
     sig = inspect.signature(fn)
-    params = tuple(Param(p.name, hints.get(p.name, Any), p.default, helps.get(p.name, ""))
+    params = tuple(Param(p.name, hints.get(p.name, Any), p.default, helps.get(p.name, ""),
+                         _checks(extras.get(p.name)))
                    for p in list(sig.parameters.values())[1:]
                    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
     cap = Capability(facet=facet, name=name or fn.__name__.strip("_"), fn=fn,
@@ -123,6 +170,11 @@ def _declare(facet: str, fn: Callable, name: str | None, permission: str, live: 
                          f"{fn.__module__}")
     _REGISTRY[cap.key] = cap
     return cap
+
+
+def _checks(hint: Any) -> tuple[Check, ...]:
+    """The Check objects of an `Annotated[T, ...]` hint (none for a plain one)."""
+    return tuple(m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Check))
 
 
 def view(name: str | None = None, *, columns: Sequence[Column] = (), title: str = "",
@@ -211,7 +263,9 @@ class Facade:
             raise AttributeError(f"{type(self).__name__} has no {name!r}") from None
 
         def call(*args, **kwargs):
-            return self._invoke(cap, cap.bind(args, kwargs))
+            bound = cap.bind(args, kwargs)
+            cap.check(bound)
+            return self._invoke(cap, bound)
 
         call.__name__, call.__doc__ = cap.name, cap.doc
         return call

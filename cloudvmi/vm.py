@@ -22,6 +22,8 @@ from cloudvmi.memory.mapped import MappedFileMemory
 from cloudvmi.memory.procmem import ProcessMemory
 from cloudvmi.paths import cache_sub, state_sub
 from cloudvmi.redirect.program import Completed, run_program
+from cloudvmi.write.recipes.common import absolute_path
+from cloudvmi.write.recipes.run import TIMEOUT
 
 MAX_READ = 1 << 30  # one memory read
 
@@ -109,6 +111,7 @@ class VM:
         """Run an unmodified host program against this guest: its system calls on guest
         state run inside the guest. `status, out, err = vm.exec(["ls", "-l", "/etc"])`.
         CHANNEL "persistent" runs them through a guest helper kept until close()."""
+        check_exec_args(timeout, cwd)
         with self.guest.channel(channel) as ch:
             return run_program(ch, argv, stdin, capture, timeout, cwd)
 
@@ -268,6 +271,16 @@ class VM:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_exec_args(timeout: float, cwd: str) -> None:
+    """vm.exec's TIMEOUT within the bounds `run` declares, and its guest CWD absolute (the
+    program's relative paths resolve against it): checked before a guest thread is held."""
+    for name, rule, value in (("timeout", TIMEOUT, timeout), ("cwd", absolute_path, cwd)):
+        try:
+            rule(value)
+        except ValueError as exc:
+            raise ValueError(f"exec: {name}: {exc}") from None
 
 
 def _vm_key(socket_path: str) -> str:

@@ -20,7 +20,7 @@ from cloudvmi.remote.proto import cloudvmi_pb2 as pb
 from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
 
 MIB = 1 << 20
-IDLE = 3.0  # the agent's payload_idle here
+IDLE = 3  # the agent's payload_idle here (seconds)
 
 
 class TLSAgent:

@@ -3,7 +3,10 @@
 Each item is read and changed with the ordinary tool for it, run through `exec`. Accounts
 are locked with shadow's `usermod -L`, so /etc/shadow reads as the guest's own tools would
 have written it. Kernel settings go through procps' `sysctl`, interfaces through iproute2's
-`ip` (the guest's netlink), and files through `cat`/`chmod`/`chown`. Forbidden processes
+`ip` (the guest's netlink), and file modes and owners through `chmod`/`chown`. File
+contents are written by the `write_file` guest operation with `nofollow` (a symbolic link
+planted in the file's place makes the write fail instead of redirecting it), and keys only
+into a `~/.ssh` that is a directory, not a link. Forbidden processes
 are found in the guest's memory and killed by a guest operation. Reading comes first:
 `--dry-run` prints the plan, and a run on a guest already in the desired state changes
 nothing.
@@ -78,7 +81,15 @@ class Guest:
         return r.stdout.decode("utf-8", "surrogateescape") if r.status == 0 else None
 
     def write(self, path: str, content: bytes) -> None:
-        self.run(["sh", "-c", 'cat > "$1"', "enforce", path], stdin=content)
+        """Replace a file's content by a guest operation that will not write through a
+        symbolic link (a shell's `>` would: a guest user's link must not aim our write)."""
+        self.vm.guest.write_file(path, content, nofollow=True)
+
+    def real_directory(self, path: str) -> None:
+        """Refuse to write under PATH unless it is a directory itself, not a link to one."""
+        if self.vm.guest.stat(path).type != "dir":
+            raise CloudVMIError(f"{path} in the guest is not a directory (a symbolic link?): "
+                                "not writing through it")
 
 
 def plan(vm, state: dict) -> list[Change]:
@@ -145,9 +156,11 @@ def _keys(g: Guest, name: str, entry: list[str], keys: dict) -> list[Change]:
         return []
 
     def write() -> None:
-        g.run(["mkdir", "-p", "-m", "700", f"{home.rstrip('/')}/.ssh"])
+        ssh = f"{home.rstrip('/')}/.ssh"
+        g.run(["mkdir", "-p", "-m", "700", ssh])
+        g.real_directory(ssh)  # the user owns it: ~/.ssh -> /root/.ssh must not work
         g.write(path, ("\n".join(lines) + "\n").encode())
-        g.run(["chown", f"{uid}:{gid}", f"{home.rstrip('/')}/.ssh", path])
+        g.run(["chown", "-h", f"{uid}:{gid}", ssh, path])
         g.run(["chmod", "600", path])
 
     added = [k for k in lines if k not in current]

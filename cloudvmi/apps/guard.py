@@ -197,7 +197,7 @@ class Guard:
             if key not in self._hashes:
                 self._hashes[key] = hashlib.sha256(vm.guest.read_file(exe, MAX_EXE)).hexdigest()
             return self._hashes[key]
-        except CloudVMIError:
+        except (CloudVMIError, ValueError):  # ValueError: a path that is not absolute
             return None
 
     # -- actions --------------------------------------------------------------------------
@@ -216,7 +216,7 @@ class Guard:
                 st = vm.guest.stat(p.exe, follow=True)
                 vm.guest.chmod(p.exe, st.mode & 0o7777 & ~0o111)
                 detail["quarantined"] = p.exe
-        except CloudVMIError as exc:
+        except (CloudVMIError, ValueError) as exc:  # ValueError: an exe path not absolute
             detail["error"] = str(exc)
             if self.metrics:
                 self.metrics.errors.labels(target.name).inc()

@@ -6,13 +6,14 @@ import click
 
 from cloudvmi.cli.views import open_vm, run_or_exit
 from cloudvmi.write.operations import CHANNEL_MODES
+from cloudvmi.write.recipes.run import TIMEOUT
 
 
 @click.command("exec")
 @click.argument("vm")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("--timeout", type=float, default=300.0, show_default=True,
-              help="Seconds before the program is killed.")
+@click.option("--timeout", type=click.FloatRange(TIMEOUT.low, TIMEOUT.high), default=300.0,
+              show_default=True, help="Seconds before the program is killed.")
 @click.option("--cwd", default="/", show_default=True, help="Its working directory, in the guest.")
 @click.option("--channel", type=click.Choice(CHANNEL_MODES), default="stop", show_default=True,
               help="stop: the VM is stopped while each list of calls runs in a hijacked "

@@ -8,6 +8,7 @@ import click
 
 from cloudvmi.cli.output import console, emit_json, literal, table
 from cloudvmi.cli.views import open_vm, run_or_exit
+from cloudvmi.write.recipes.run import TIMEOUT
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 as_pid = click.option("--as-pid", type=int, default=None,
@@ -72,13 +73,16 @@ def cat(vm: str, path: str, as_pid: int | None, as_json: bool) -> None:
 @click.argument("path")
 @click.option("--append", is_flag=True, help="Append instead of replacing.")
 @click.option("--mode", default="644", show_default=True, help="Octal mode of a new file.")
+@click.option("--no-follow", "nofollow", is_flag=True,
+              help="Fail (ELOOP) if PATH is a symbolic link instead of writing through it.")
 @as_pid
 @json_option
-def put(vm: str, local: Path, path: str, append: bool, mode: str, as_pid: int | None,
-        as_json: bool) -> None:
-    """Copy a local file into the guest."""
+def put(vm: str, local: Path, path: str, append: bool, mode: str, nofollow: bool,
+        as_pid: int | None, as_json: bool) -> None:
+    """Copy a local file into the guest (PATH absolute)."""
     data = local.read_bytes()
-    _do(vm, as_pid, lambda ops: ops.write_file(path, data, append=append, mode=int(mode, 8)))
+    _do(vm, as_pid, lambda ops: ops.write_file(path, data, append=append, mode=int(mode, 8),
+                                               nofollow=nofollow))
     _done(as_json, f"{len(data)} bytes written to {path}", path=path, size=len(data))
 
 
@@ -202,7 +206,8 @@ def ip(vm: str, iface: str, action: str, cidr: str | None, as_pid: int | None,
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("vm")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds before SIGALRM.")
+@click.option("--timeout", type=click.FloatRange(TIMEOUT.low, TIMEOUT.high), default=30.0,
+              show_default=True, help="Seconds before SIGALRM.")
 @as_pid
 @json_option
 def run(vm: str, argv: tuple[str, ...], timeout: float, as_pid: int | None,

@@ -1,5 +1,5 @@
-"""`cloudvmi certs init|issue` and `cloudvmi audit verify`: the mutual-TLS PKI of agents and
-clients, and the check of an agent's hash-chained audit log."""
+"""`cloudvmi certs init|issue|revoke` and `cloudvmi audit verify`: the mutual-TLS PKI of
+agents and clients, and the check of an agent's hash-chained audit log."""
 
 import os
 import sys
@@ -90,6 +90,27 @@ def issue_cmd(name: str, kind: str, hosts: tuple[str, ...], directory: Path | No
     if kind == "agent":
         rows.insert(2, ("hosts", ", ".join([name, *hosts])))
     table(f"Issued {kind} certificate", ["FIELD", "VALUE"], rows)
+
+
+@certs.command("revoke")
+@click.argument("who", metavar="SERIAL|NAME")
+@dir_option
+@click.option("--days", type=click.IntRange(min=1), default=365, show_default=True,
+              help="The CRL's next-update date, this many days ahead.")
+@json_option
+def revoke_cmd(who: str, directory: Path | None, days: int, as_json: bool) -> None:
+    """Revoke a certificate (its hex serial, or every one issued to NAME): rewrites crl.pem
+    in the CA directory. Copy it to each agent (`crl` in its config) and restart it."""
+    from cloudvmi.remote.certs import revoke
+
+    directory = directory or default_pki()
+    try:
+        crl, added = revoke(directory, who, days=days)
+    except (CloudVMIError, OSError) as exc:
+        _fail(exc)
+    if as_json:
+        return emit_json({"ok": True, "crl": str(crl), "revoked": [f"{s:x}" for s in added]})
+    console.print(f"revoked {', '.join(f'{s:x}' for s in added) or 'nothing new'}: {crl}")
 
 
 @click.group()

@@ -26,6 +26,7 @@ from cloudvmi.errors import CloudVMIError
 from cloudvmi.remote import codec
 from cloudvmi.remote.audit import AuditError, AuditLog, Intent
 from cloudvmi.remote.config import AgentConfig
+from cloudvmi.remote.identity import identity_of
 from cloudvmi.remote.limits import CallLimits, LimitExceeded
 from cloudvmi.remote.metrics import AgentMetrics
 from cloudvmi.remote.proto import cloudvmi_pb2 as pb
@@ -40,7 +41,6 @@ EXEC_SECONDS = 3600.0  # the longest a program may hold a guest thread through t
 EXEC_IDLE = 60.0  # ... and the longest between two of its messages
 CHUNK = 4 << 20  # per streamed message: fewer, larger messages stream faster
 MAX_PAYLOAD = 256 << 20  # the blobs of one call's arguments (a file written)
-INSECURE_IDENTITY = "insecure-loopback"
 
 
 def _error(context, code: grpc.StatusCode, kind: str, message: str, **extra):
@@ -58,10 +58,8 @@ class AgentService(rpc.AgentServicer):
 
     # -- who and what ---------------------------------------------------------------------
     def _identity(self, context) -> str:
-        if self.config.insecure:
-            return INSECURE_IDENTITY
-        names = context.auth_context().get("x509_common_name") or []
-        return names[0].decode() if names else ""
+        """The client's one CN, or "" (denied): revoked, several CNs, not a client's."""
+        return identity_of(context.auth_context(), self.config) or ""
 
     def _authorize(self, context, vm: str, permission: str, op: str, args: dict) -> str:
         who = self._identity(context)

@@ -6,6 +6,9 @@ agent certificates (serverAuth, with the hosts clients dial as SANs) and client 
 must be unique per CA; `peer_identity` also checks the EKU so an agent's certificate cannot
 pass as a client's. A directory holds `ca.pem` plus `NAME.pem` / `NAME.key` per holder, the
 layout `load_credentials` and the remote client read.
+
+Revocation: `revoke` adds serials to `crl.pem` in the CA directory, a CRL signed by the CA;
+an agent's `crl` setting points at a copy, verified against its CA when the config loads.
 """
 
 import datetime as dt
@@ -32,6 +35,7 @@ EKU = {"agent": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.C
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 INDEX = "issued.jsonl"  # in the CA directory: one line per certificate issued (serials)
+CRL = "crl.pem"  # in the CA directory: every serial revoked, signed by the CA
 SKEW = dt.timedelta(minutes=5)  # backdate notBefore so slightly slow peer clocks accept it
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -257,25 +261,33 @@ def load_certificate(data: bytes) -> x509.Certificate:
         raise CertError(f"not a certificate: {exc}") from exc
 
 
-def identity_of(cert_pem_or_der: bytes) -> str:
-    """The identity authorization uses: the certificate's (single) Common Name."""
-    cert = load_certificate(cert_pem_or_der)
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(names) != 1:
-        raise CertError(f"certificate has {len(names)} common names, expected exactly one")
-    value = names[0].value
-    return value.decode() if isinstance(value, bytes) else value
+def common_names(cert: x509.Certificate) -> list[str]:
+    """Every Common Name in the certificate's subject (an identity needs exactly one)."""
+    return [v.decode() if isinstance(v, bytes) else v for v in
+            (n.value for n in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))]
 
 
-def kind_of(cert_pem_or_der: bytes) -> str | None:
+def cert_kind(cert: x509.Certificate) -> str | None:
     """'agent' or 'client' from the EKU (None if it has neither or both)."""
-    cert = load_certificate(cert_pem_or_der)
     try:
         usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return None
     kinds = [k for k, oid in EKU.items() if oid in usages]
     return kinds[0] if len(kinds) == 1 else None
+
+
+def identity_of(cert_pem_or_der: bytes) -> str:
+    """The identity authorization uses: the certificate's (single) Common Name."""
+    names = common_names(load_certificate(cert_pem_or_der))
+    if len(names) != 1:
+        raise CertError(f"certificate has {len(names)} common names, expected exactly one")
+    return names[0]
+
+
+def kind_of(cert_pem_or_der: bytes) -> str | None:
+    """'agent' or 'client' from the EKU (None if it has neither or both)."""
+    return cert_kind(load_certificate(cert_pem_or_der))
 
 
 def peer_identity(auth_context: Mapping[str, Sequence[bytes]], kind: Kind = "client"
@@ -306,3 +318,79 @@ def load_credentials(directory: Path, name: str) -> tuple[bytes, bytes, bytes]:
                 (directory / f"{name}.key").read_bytes())
     except FileNotFoundError as exc:
         raise CertError(f"missing credential file {exc.filename}") from exc
+
+
+# -- revocation ------------------------------------------------------------------------------
+_SERIAL = re.compile(r"^(0x)?[0-9a-f]{1,40}$")
+
+
+def parse_serial(text: str) -> int:
+    """A serial number as `certs issue --json` prints it (hex; 0x and colons allowed)."""
+    clean = text.strip().lower().replace(":", "")
+    if not _SERIAL.match(clean):
+        raise CertError(f"{text!r} is not a certificate serial number (hex)")
+    return int(clean.removeprefix("0x"), 16)
+
+
+def read_crl(data: bytes, ca_certs_pem: bytes) -> frozenset[int]:
+    """The serials a CRL revokes, once its signature verifies with one of the CA
+    certificates (a CRL anyone could write would let them pick who is trusted)."""
+    try:
+        crl = (x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----BEGIN")
+               else x509.load_der_x509_crl(data))
+        cas = x509.load_pem_x509_certificates(ca_certs_pem)
+    except ValueError as exc:
+        raise CertError(f"not a CRL or CA certificate: {exc}") from exc
+    for ca in cas:
+        if crl.issuer == ca.subject and crl.is_signature_valid(ca.public_key()):
+            return frozenset(r.serial_number for r in crl)
+    raise CertError("the CRL is not signed by the CA")
+
+
+def make_crl(ca_dir: Path, serials: Iterable[int], days: int = 365) -> Path:
+    """Write `crl.pem` in CA_DIR revoking exactly SERIALS, signed by the CA; its path."""
+    ca_dir = Path(ca_dir).expanduser()
+    if days < 1:
+        raise CertError("days must be at least 1")
+    ca_cert, ca_key = _load_ca(ca_dir)
+    now = _now()
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
+               .last_update(now).next_update(now + dt.timedelta(days=days)))
+    for serial in sorted(set(serials)):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+            .build())
+    crl = builder.sign(ca_key, hashes.SHA256())
+    path = ca_dir / CRL
+    _write(path, crl.public_bytes(serialization.Encoding.PEM), 0o644, force=True)
+    return path
+
+
+def revoke(ca_dir: Path, who: str, days: int = 365) -> tuple[Path, list[int]]:
+    """Revoke a certificate by serial, or every one issued to a name (from the CA's index):
+    `crl.pem` is rewritten with them added. The CRL's path and the serials added."""
+    ca_dir = Path(ca_dir).expanduser()
+    ca_pem = (ca_dir / CA_CERT).read_bytes() if (ca_dir / CA_CERT).exists() else b""
+    try:
+        old = read_crl((ca_dir / CRL).read_bytes(), ca_pem)
+    except FileNotFoundError:
+        old = frozenset()
+    named = _issued_serials(ca_dir, who)
+    new = named if named else [parse_serial(who)]
+    return make_crl(ca_dir, old | set(new), days), sorted(set(new) - old)
+
+
+def _issued_serials(ca_dir: Path, name: str) -> list[int]:
+    try:
+        lines = (ca_dir / INDEX).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            if entry.get("name") == name:
+                out.append(int(entry["serial"], 16))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return out

@@ -18,6 +18,7 @@ from cloudvmi.redirect.program import Completed, run_program
 from cloudvmi.remote import codec
 from cloudvmi.remote.proto import cloudvmi_pb2 as pb
 from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
+from cloudvmi.vm import check_exec_args
 from cloudvmi.write.channel import CallResult, GuestCall
 from cloudvmi.write.errors import GuestOSError
 
@@ -260,6 +261,7 @@ class RemoteVM(Facade):
              cwd: str = "/", capture: bool = True, channel: str = "stop") -> Completed:
         """Run a host program here with its guest calls made by the agent's node (through
         a guest helper the agent keeps, with CHANNEL "persistent")."""
+        check_exec_args(timeout, cwd)
         with self.node.syscall_channel(self.name, argv, self.guest.pid, channel) as ch:
             return run_program(ch, argv, stdin, capture, timeout, cwd)
 

@@ -164,11 +164,13 @@ def _substitute(hint: Any, params: dict) -> Any:
 
 def check_args(cap, args: dict[str, Any]) -> dict[str, Any]:
     """Arguments from a client, checked against the capability's declared parameters:
-    unknown names refused, required ones present, each of its declared type."""
+    unknown names refused, required ones present, each of its declared type and passing its
+    declared checks (absolute guest paths, bounded timeouts: a ValueError)."""
     out = cap.bind((), args)
     for name, value in out.items():
         hint = cap.param(name).type
         out[name] = _typed(hint, build(hint, value), f"{cap.key}: {name}")
+    cap.check(out)
     return out
 
 

@@ -1,5 +1,6 @@
 """The client's inventory: which nodes exist, where their agents listen, and this client's
-credentials; and `VM@NODE` names resolved through it."""
+credentials; and `VM@NODE` names resolved through it. Read strictly (`schema`): wrong types
+and unknown keys are errors, and plaintext (`insecure`) only reaches a loopback address."""
 
 import os
 import tomllib
@@ -8,7 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudvmi.errors import CloudVMIError
+from cloudvmi.remote import schema
 from cloudvmi.remote.client import TLS, Node, RemoteVM
+from cloudvmi.remote.schema import Setting
+
+CLIENT_SETTINGS = {name: Setting(str, required=True, low=1) for name in ("ca", "cert", "key")}
+NODE_SETTINGS = {
+    "name": Setting(str, required=True, low=1),
+    "address": Setting(str, required=True, low=1),
+    "server_name": Setting(str, low=1),
+    "insecure": Setting(bool),
+}
+FILE_SETTINGS = {"client": Setting(dict), "node": Setting(list, dict)}
 
 
 @dataclass
@@ -69,18 +81,26 @@ def load(path: str | Path | None = None) -> Inventory:
         raise CloudVMIError(f"no inventory at {path} (set CLOUDVMI_INVENTORY)") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CloudVMIError(f"cannot read inventory {path}: {exc}") from exc
+    where = f"inventory {path}"
+    schema.table(data, FILE_SETTINGS, where)
     base = path.parent
-    client = data.get("client")
     tls = None
-    if client:
+    if "client" in data:
+        client = schema.table(data["client"], CLIENT_SETTINGS, f"{where}: [client]")
         tls = TLS(*(base / client[k] for k in ("ca", "cert", "key")))
     nodes = {}
-    for n in data.get("node", []):
-        try:
-            nodes[n["name"]] = NodeEntry(n["name"], n["address"], n.get("server_name"),
-                                         bool(n.get("insecure", False)))
-        except KeyError as exc:
-            raise CloudVMIError(f"inventory {path}: a node lacks {exc}") from exc
+    for i, n in enumerate(schema.tables(data.get("node", []), NODE_SETTINGS,
+                                        f"{where}: [[node]]"), start=1):
+        what = f"{where}: [[node]] #{i}"
+        if n.get("insecure", False):
+            host, _ = schema.host_port(n["address"], f"{what}: address")
+            if not schema.is_loopback(host):
+                raise CloudVMIError(f"{what}: insecure (plaintext) only to a loopback "
+                                    f"address, not {n['address']!r}")
+        if n["name"] in nodes:
+            raise CloudVMIError(f"{what}: node {n['name']!r} is listed twice")
+        nodes[n["name"]] = NodeEntry(n["name"], n["address"], n.get("server_name"),
+                                     n.get("insecure", False))
     return Inventory(nodes, tls)
 
 

@@ -1,10 +1,10 @@
 """chmod: change a guest file's mode."""
 
 from cloudvmi.capability import operation
-from cloudvmi.write.recipes.common import one_call
+from cloudvmi.write.recipes.common import GuestPath, one_call
 
 
 @operation()
-def chmod(ops, path: str, mode: int) -> None:
+def chmod(ops, path: GuestPath, mode: int) -> None:
     """Change a guest file's mode."""
     one_call(ops, "fchmodat", f"chmod {path}", path, mode, 0)

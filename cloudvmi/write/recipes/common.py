@@ -2,7 +2,9 @@
 
 import stat as stat_mod
 from dataclasses import dataclass
+from typing import Annotated
 
+from cloudvmi.capability import Rule
 from cloudvmi.write.errors import check
 from cloudvmi.write.session import GuestSession
 
@@ -39,12 +41,27 @@ def file_kind(mode: int) -> str:
             stat_mod.S_IFSOCK: "socket"}.get(stat_mod.S_IFMT(mode), "unknown")
 
 
+def absolute_path(p: object) -> None:
+    """Refuse a guest path that is not absolute: a relative one would resolve against the
+    directory of whichever process is hijacked, not anything the caller chose."""
+    if not isinstance(p, str) or not p.startswith("/"):
+        raise ValueError(f"guest paths must be absolute, not {p!r} (a relative path "
+                         "resolves against the hijacked process's directory)")
+    if "\0" in p:
+        raise ValueError(f"bad guest path {p!r}: it holds a NUL")
+
+
+# The type of every path parameter of a guest operation: checked where it is declared, so
+# the local facade, the remote client and the agent all refuse a relative path before any
+# guest thread is touched.
+GuestPath = Annotated[str, Rule(absolute_path)]
+
+
 def guest_path(p: str) -> bytes:
-    """A path as the guest kernel takes it: NUL-terminated, with no NUL inside."""
-    raw = p.encode()
-    if b"\0" in raw or not raw:
-        raise ValueError(f"bad guest path {p!r}")
-    return raw + b"\0"
+    """A path as the guest kernel takes it: absolute, NUL-terminated, with no NUL inside
+    (checked again here, where the bytes are made)."""
+    absolute_path(p)
+    return p.encode() + b"\0"
 
 
 def close(s: GuestSession, fd: int) -> int | None:

@@ -4,7 +4,7 @@ import struct
 
 from cloudvmi.capability import operation
 from cloudvmi.write.errors import check
-from cloudvmi.write.recipes.common import DirEntry, close, guest_path
+from cloudvmi.write.recipes.common import DirEntry, GuestPath, close, guest_path
 
 BUFFER = 32 * 1024
 MAX_BATCHES = 4096  # bounded: 4096 batches of 32 KiB of entries
@@ -12,7 +12,7 @@ _DT = {1: "fifo", 2: "char", 4: "dir", 6: "block", 8: "file", 10: "symlink", 12:
 
 
 @operation()
-def listdir(ops, path: str) -> list[DirEntry]:
+def listdir(ops, path: GuestPath) -> list[DirEntry]:
     """A guest directory's entries, sorted by name."""
     entries: list[DirEntry] = []
     with ops.session() as s:

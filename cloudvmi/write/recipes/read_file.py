@@ -2,7 +2,7 @@
 
 from cloudvmi.capability import operation
 from cloudvmi.write.errors import GuestOSError, check
-from cloudvmi.write.recipes.common import MAX_FILE, close, guest_path
+from cloudvmi.write.recipes.common import MAX_FILE, GuestPath, close, guest_path
 from cloudvmi.write.session import GuestSession
 
 CHUNK = 1 << 20  # bytes per read call
@@ -12,7 +12,7 @@ PAGE = 4096
 
 
 @operation()
-def read_file(ops, path: str, limit: int = MAX_FILE) -> bytes:
+def read_file(ops, path: GuestPath, limit: int = MAX_FILE) -> bytes:
     """Read a guest file (at most LIMIT bytes, or an EFBIG error)."""
     limit = min(limit, MAX_FILE)
     with ops.session(SMALL_READ + 2 * PAGE) as s:

@@ -2,11 +2,11 @@
 
 from cloudvmi.capability import operation
 from cloudvmi.write.errors import check
-from cloudvmi.write.recipes.common import guest_path, stat_path
+from cloudvmi.write.recipes.common import GuestPath, guest_path, stat_path
 
 
 @operation()
-def remove(ops, path: str) -> None:
+def remove(ops, path: GuestPath) -> None:
     """Delete a guest file or empty directory."""
     with ops.session() as s:
         st = stat_path(s, path)

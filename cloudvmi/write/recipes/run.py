@@ -3,20 +3,32 @@ output (stdout and stderr, through a private file in /tmp)."""
 
 import os
 import struct
+from typing import Annotated
 
-from cloudvmi.capability import operation
+from cloudvmi.capability import Range, Rule, operation
 from cloudvmi.write.errors import check
-from cloudvmi.write.recipes.common import guest_path
+from cloudvmi.write.recipes.common import absolute_path, guest_path
 
 PATH = b"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\0"
+# How long a program may run (and hold a guest thread): from 1 ms to an hour, the agent's
+# own limit for a redirected program. vm.exec and the CLI take the same bounds.
+TIMEOUT = Range(0.001, 3600.0, " s")
+
+
+def program(argv: object) -> None:
+    """Refuse an empty argv or a program that is not an absolute path: execve does not
+    search PATH, so a relative name would run whatever the hijacked process's directory
+    holds under that name."""
+    if not isinstance(argv, list | tuple) or not argv:
+        raise ValueError("nothing to run")
+    absolute_path(argv[0])
 
 
 @operation()
-def run(ops, argv: list[str], timeout: float = 30.0) -> tuple[int, bytes]:
+def run(ops, argv: Annotated[list[str], Rule(program)],
+        timeout: Annotated[float, TIMEOUT] = 30.0) -> tuple[int, bytes]:
     """Run a program in the guest; its exit status and output. SIGALRM ends it after
     TIMEOUT seconds (exit status 128+14)."""
-    if not argv:
-        raise ValueError("nothing to run")
     out_path = f"/tmp/.cloudvmi-run-{os.urandom(6).hex()}"
     inj = ops.injector
     old_timeout = inj.timeout

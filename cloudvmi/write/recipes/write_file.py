@@ -2,21 +2,25 @@
 
 from cloudvmi.capability import operation
 from cloudvmi.write.errors import GuestOSError, check
-from cloudvmi.write.recipes.common import MAX_FILE, close, guest_path
+from cloudvmi.write.recipes.common import MAX_FILE, GuestPath, close, guest_path
 
 CHUNK = 1 << 20  # bytes per write call
 WRITE_CALLS = 8  # write calls per batch
 
 
 @operation()
-def write_file(ops, path: str, data: bytes, append: bool = False, mode: int = 0o644) -> None:
-    """Write DATA to a guest file (replacing it, or appended with APPEND)."""
+def write_file(ops, path: GuestPath, data: bytes, append: bool = False, mode: int = 0o644,
+               nofollow: bool = False) -> None:
+    """Write DATA to a guest file (replacing it, or appended with APPEND). With NOFOLLOW a
+    symbolic link as the last component fails with ELOOP instead of being written through
+    (a guest user's link must not redirect a root write)."""
     if len(data) > MAX_FILE:
         raise ValueError(f"{len(data)} bytes is over the {MAX_FILE}-byte limit")
     with ops.session(min(len(data), WRITE_CALLS * CHUNK) + 2 * 4096) as s:
         abi = s.abi
         flags = (abi.O_WRONLY | abi.O_CREAT | abi.O_CLOEXEC
-                 | (abi.O_APPEND if append else abi.O_TRUNC))
+                 | (abi.O_APPEND if append else abi.O_TRUNC)
+                 | (abi.O_NOFOLLOW if nofollow else 0))
         b = s.batch()
         fd = b.add(abi.nr("openat"), abi.AT_FDCWD, s.put(guest_path(path)), flags, mode)
         fd_value = check(s.run(b)[fd], f"open {path} for writing")
