@@ -17,12 +17,14 @@ def free_port() -> int:
 
 
 class Agent:
-    def __init__(self, root: Path, env: dict | None = None) -> None:
+    def __init__(self, root: Path, env: dict | None = None, config: str | None = None) -> None:
+        """An agent serving this host's lab guests to anyone on loopback, or the one CONFIG
+        (the text of an agent.toml) describes."""
         self.root = root
         self.metrics_port = free_port()
         self.env = {**os.environ, **(env or {})}
         self.config = root / "agent.toml"
-        self.config.write_text(f"""
+        self.config.write_text(config or f"""
 [agent]
 node = "loopback"
 listen = "127.0.0.1:0"

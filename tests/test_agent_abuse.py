@@ -4,9 +4,6 @@ uploads take one client's share, not the agent; reads are recorded; a change who
 cannot be recorded is refused."""
 
 import json
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,13 +16,16 @@ from cloudvmi.remote.certs import init_ca, issue
 from cloudvmi.remote.proto import cloudvmi_pb2 as pb
 from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
 
+from agent_process import Agent
+
 MIB = 1 << 20
 IDLE = 3  # the agent's payload_idle here (seconds)
 
 
-class TLSAgent:
+class TLSAgent(Agent):
+    """An agent with mutual TLS, serving no VM, with three client identities."""
+
     def __init__(self, root: Path) -> None:
-        self.root = root
         pki = root / "pki"
         init_ca(pki)
         issue(pki, pki, "node-agent", "agent", hosts=["127.0.0.1"])
@@ -33,8 +33,7 @@ class TLSAgent:
             issue(pki, pki, client, "client")
         self.pki = pki
         self.audit = root / "audit.jsonl"
-        config = root / "agent.toml"
-        config.write_text(f"""
+        super().__init__(root, config=f"""
 [agent]
 node = "abuse"
 listen = "127.0.0.1:0"
@@ -57,19 +56,6 @@ identity = "viewer"
 vms = ["*"]
 permissions = ["read"]
 """)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloudvmi.cli.main", "agent", "serve", "--config",
-             str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
-        line = ""
-        for _ in range(50):
-            line = self.proc.stdout.readline()
-            if "listening on" in line or not line:
-                break
-        if "listening on" not in line:
-            self.stop()
-            raise RuntimeError(f"agent did not start: {line}")
-        self.address = line.split("listening on ", 1)[1].split()[0]
 
     def stub(self, who: str) -> tuple[grpc.Channel, rpc.AgentStub]:
         creds = grpc.ssl_channel_credentials(
@@ -85,15 +71,6 @@ permissions = ["read"]
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
         raise AssertionError("no VmHWM")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @pytest.fixture(scope="module")
