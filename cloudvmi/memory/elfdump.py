@@ -1,6 +1,7 @@
 """QEMU `dump-guest-memory` ELF files: RAM from PT_LOAD segments, vCPU state from notes."""
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,12 @@ class DumpInfo:
     cpus: list[dict[str, int]] = field(default_factory=list)
     vmcoreinfo: str | None = None
     truncated: bool = False
+
+
+MAX_NOTES = 4 << 20  # bytes of PT_NOTE read: QEMU writes about 1 KiB a vCPU
+# What pyelftools raises on a damaged file: its own errors, and OSError for a seek to an
+# absurd offset.
+_BAD_ELF = (ELFError, struct.error, ValueError, OSError)
 
 
 def is_elf_dump(path: str | Path) -> bool:
@@ -64,8 +71,9 @@ def open_elf_dump(path: str | Path) -> tuple[MappedFileMemory, DumpInfo]:
                     if size:
                         regions.append(Region(seg["p_paddr"], size, seg["p_offset"]))
                 elif seg["p_type"] == "PT_NOTE":
-                    _read_notes(seg, info)
-    except (ELFError, struct.error, ValueError) as exc:
+                    f.seek(seg["p_offset"])
+                    _read_notes(f.read(min(seg["p_filesz"], MAX_NOTES)), info)
+    except _BAD_ELF as exc:
         raise CloudVMIError(f"{path} is not a readable ELF memory dump: {exc}") from exc
     if not regions:
         raise CloudVMIError(f"{path} holds no RAM (no PT_LOAD segment with data)")
@@ -74,15 +82,28 @@ def open_elf_dump(path: str | Path) -> tuple[MappedFileMemory, DumpInfo]:
     return memory, info
 
 
-def _read_notes(seg, info: DumpInfo) -> None:
+def _read_notes(data: bytes, info: DumpInfo) -> None:
     try:
-        for note in seg.iter_notes():
-            name, desc = note["n_name"], note["n_desc"]
-            if isinstance(desc, str):
-                desc = desc.encode("latin-1")
-            if name == "QEMU" and len(desc) >= 8 + 18 * 8 + 240 + 40:
+        for name, _, desc in elf_notes(data):
+            if name == b"QEMU" and len(desc) >= 8 + 18 * 8 + 240 + 40:
                 info.cpus.append(_parse_qemu_note(desc))
-            elif name == "VMCOREINFO":
+            elif name == b"VMCOREINFO":
                 info.vmcoreinfo = desc.decode("ascii", "replace")
-    except (ELFError, struct.error, ValueError):
+    except ValueError:
         info.truncated = True
+
+
+def elf_notes(data: bytes, endian: str = "<") -> Iterator[tuple[bytes, int, bytes]]:
+    """(name, type, data) of each note in DATA, a PT_NOTE segment or SHT_NOTE section. Parsed
+    here because pyelftools reads a note's name and data by the sizes the note claims,
+    allocating them (4 GiB each) before it finds the file shorter. ValueError when a note
+    runs past the end."""
+    pos = 0
+    while pos + 12 <= len(data):
+        namesz, descsz, kind = struct.unpack_from(endian + "III", data, pos)
+        desc_at = pos + 12 + (namesz + 3) // 4 * 4
+        if desc_at + descsz > len(data):
+            raise ValueError(f"ELF note at {pos} runs past the end of its notes")
+        yield (data[pos + 12:pos + 12 + namesz].split(b"\0", 1)[0], kind,
+               data[desc_at:desc_at + descsz])
+        pos = desc_at + (descsz + 3) // 4 * 4

@@ -67,7 +67,10 @@ def blob_sizes(text: str) -> list[int]:
             for x in v:
                 walk(x)
 
-    walk(json.loads(text))
+    try:
+        walk(json.loads(text))
+    except RecursionError as exc:
+        raise ValueError("arguments nest too deeply") from exc
     return sizes
 
 
@@ -89,8 +92,11 @@ def decode(text: str, blobs: bytes, hint: Any = Any) -> Any:
             return [unblob(x) for x in v]
         return v
 
-    plain = json.loads(text)
-    return build(hint, unblob(plain) if BLOB in text else plain)
+    try:
+        plain = json.loads(text)
+        return build(hint, unblob(plain) if BLOB in text else plain)
+    except RecursionError as exc:  # json and the walks above recurse: a peer can nest deep
+        raise ValueError("value nests too deeply") from exc
 
 
 def build(hint: Any, value: Any) -> Any:
@@ -166,6 +172,9 @@ def check_args(cap, args: dict[str, Any]) -> dict[str, Any]:
     """Arguments from a client, checked against the capability's declared parameters:
     unknown names refused, required ones present, each of its declared type and passing its
     declared checks (absolute guest paths, bounded timeouts: a ValueError)."""
+    if not isinstance(args, dict):
+        raise TypeError(f"{cap.key}: arguments must be a JSON object, not "
+                        f"{type(args).__name__}")
     out = cap.bind((), args)
     for name, value in out.items():
         hint = cap.param(name).type

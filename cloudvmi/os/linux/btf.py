@@ -34,7 +34,7 @@ HEADER_SIZE = 24
 MAX_TYPE_ID = 0x000FFFFF  # BTF_MAX_TYPE
 MAX_NAME_OFFSET = 0x00FFFFFF  # BTF_MAX_NAME_OFFSET
 MAX_BLOB_SIZE = 256 << 20  # far above any real kernel (6.12 vmlinux: ~5 MB)
-MAX_FLAT_FIELDS = 1 << 16  # bound on a struct's fields once anonymous members are flattened
+MAX_FLAT_FIELDS = 1 << 16  # bound on a struct's members once anonymous ones are flattened
 POINTER_SIZE = 8
 
 
@@ -206,11 +206,16 @@ class Struct:
         self.type = btype
         self.fields: dict[str, Field] = {}
         self._paths: dict[str, Field] = {}
-        self._flatten(btype, 0, {btype.id})
+        self._flatten(btype, 0, {btype.id}, [MAX_FLAT_FIELDS])
 
-    def _flatten(self, btype: BtfType, base: int, path: set[int]) -> None:
+    def _flatten(self, btype: BtfType, base: int, path: set[int], budget: list[int]) -> None:
+        """Members of BTYPE and of its anonymous members, within BUDGET members visited in
+        all: one anonymous struct used twice at each of many levels costs 2**levels."""
         btf = self.btf
         for m in btype.members:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise ProfileError(f"{btf.type_name(self.type.id)} has too many fields")
             bit_offset, bit_size = base + m.bit_offset, m.bitfield_size
             rid = btf.resolve(m.type_id)
             rkind = btf.kind(rid)
@@ -221,8 +226,6 @@ class Struct:
                     bit_offset += it.int_offset
                     bit_size = it.int_bits
             if m.name:
-                if len(self.fields) >= MAX_FLAT_FIELDS:
-                    raise ProfileError(f"{btf.type_name(self.type.id)} has too many fields")
                 self.fields.setdefault(m.name, Field(m.name, bit_offset, bit_size, m.type_id))
             elif rkind in COMPOSITE_KINDS:
                 if rid in path:
@@ -230,7 +233,7 @@ class Struct:
                         f"{btf.type_name(self.type.id)} contains itself (type {rid})")
                 if len(path) > 64:
                     raise ProfileError(f"{btf.type_name(self.type.id)} nests too deeply")
-                self._flatten(btf.type(rid), bit_offset, path | {rid})
+                self._flatten(btf.type(rid), bit_offset, path | {rid}, budget)
 
     @property
     def name(self) -> str:
@@ -539,7 +542,7 @@ class BTF:
         index = self._name_index
         if index is None:
             w, starts = self._words, self._starts
-            offsets = [w[start] for start in starts]
+            offsets = [w[start] for start in starts] if len(w) else [0]  # no types at all
             offsets[0] = 0  # type 0 is void
             if max(offsets) >= len(self._strings):
                 tid = max(range(len(offsets)), key=offsets.__getitem__)
@@ -744,9 +747,15 @@ class BTF:
             self._pointers[tid] = ptr
         return ptr
 
-    def type_name(self, tid: int, _depth: int = 0) -> str:
+    def type_name(self, tid: int) -> str:
         """A C-like spelling of the type, for messages and reprs."""
-        if _depth > 16:
+        return self._spell(tid, 0, [256])
+
+    def _spell(self, tid: int, depth: int, budget: list[int]) -> str:
+        """type_name's work, within BUDGET types spelled in all: a hostile blob can make
+        function types whose parameters are function types, exponentially many."""
+        budget[0] -= 1
+        if depth > 16 or budget[0] < 0:
             return "..."
         try:
             kind = self.kind(tid)
@@ -761,17 +770,17 @@ class BTF:
                    Kind.ENUM64: "enum"}.get(kind) or ("union" if t.kind_flag else "struct")
             return f"{tag} {name or '<anonymous>'}"
         if kind == Kind.PTR:
-            return self.type_name(t.type_id, _depth + 1) + " *"
+            return self._spell(t.type_id, depth + 1, budget) + " *"
         if kind in (Kind.CONST, Kind.VOLATILE, Kind.RESTRICT):
-            return f"{kind.name.lower()} {self.type_name(t.type_id, _depth + 1)}"
+            return f"{kind.name.lower()} {self._spell(t.type_id, depth + 1, budget)}"
         if kind == Kind.TYPE_TAG:
-            return self.type_name(t.type_id, _depth + 1)
+            return self._spell(t.type_id, depth + 1, budget)
         if kind == Kind.ARRAY:
-            return f"{self.type_name(t.type_id, _depth + 1)} [{t.nelems}]"
+            return f"{self._spell(t.type_id, depth + 1, budget)} [{t.nelems}]"
         if kind == Kind.FUNC_PROTO:
-            params = ", ".join(self.type_name(p.type_id, _depth + 1) if p.type_id else "..."
+            params = ", ".join(self._spell(p.type_id, depth + 1, budget) if p.type_id else "..."
                                for p in t.params)
-            return f"{self.type_name(t.type_id, _depth + 1)} ({params})"
+            return f"{self._spell(t.type_id, depth + 1, budget)} ({params})"
         return name or f"<anonymous {kind.name.lower()}>"
 
     @property

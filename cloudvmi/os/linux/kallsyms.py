@@ -156,9 +156,13 @@ class Kallsyms:
         return self.addresses[i] if i < len(self.addresses) else None
 
     def with_addresses(self, addresses: list[int]) -> "Kallsyms":
-        """The same names at other addresses (another boot's slide), sharing what was expanded."""
-        names = self.tables if self._names is None else self._names
-        return Kallsyms(names, addresses, self._types or "", self.table_paddr)
+        """The same names at other addresses (another boot's slide), sharing what was expanded
+        and keeping the compressed tables (a profile is made of them)."""
+        if self.tables is None:
+            return Kallsyms(self.names, addresses, self.types, self.table_paddr)
+        out = Kallsyms(self.tables, addresses, "", self.table_paddr)
+        out._names, out._types = self._names, self._types
+        return out
 
     def rebased(self, table_virt: int) -> "Kallsyms":
         """The absolute table, once kallsyms_offsets' virtual address is known."""

@@ -29,6 +29,7 @@ MASK64 = (1 << 64) - 1
 STRING_LIMIT = 4096  # default bound on string_() reads
 VALUE_LIMIT = 4096  # bound on elements value_() turns into a list
 READ_LIMIT = 16 << 20  # bound on read_(): hostile BTF can claim huge arrays
+VALUE_MEMBERS = 1 << 16  # bound on the members value_() reads of one struct, nested included
 
 
 class AddressSpace(Protocol):
@@ -335,6 +336,15 @@ class Object:
 
     def value_(self) -> Any:
         """int/bool for scalars and pointers, float, dict for structs, list for arrays."""
+        try:
+            return self._value_of(0, [VALUE_MEMBERS])
+        except RecursionError:  # arrays of arrays of ..., as deep as hostile BTF likes
+            raise WalkLimit(f"{self.type_name_} nests too deeply to read as one value") from None
+
+    def _value_of(self, depth: int, budget: list[int]) -> Any:
+        """value_() with DEPTH structs above, within BUDGET members and elements in all:
+        hostile BTF can nest structs of many struct members, or arrays of the struct itself,
+        exponentially many."""
         if self._value is not None:
             return self._value
         info = self._types.info(self._tid)
@@ -355,26 +365,37 @@ class Object:
             order = "<" if self._types.byteorder == "little" else ">"
             return struct.unpack(order + fmt, _read(self._space, self._address, info.size))[0]
         if code == _STRUCT:
-            return self._struct_value(0)
+            return self._struct_value(depth, budget)
         if code == _ARRAY:
-            return [self[i].value_() for i in range(min(info.nelems, VALUE_LIMIT))]
+            out = []
+            for i in range(min(info.nelems, VALUE_LIMIT)):
+                self._spend(budget)
+                out.append(self[i]._value_of(depth, budget))
+            return out
         raise TypeError(f"{self.type_name_} has no value")
 
-    def _struct_value(self, depth: int) -> dict[str, Any]:
+    def _spend(self, budget: list[int]) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise WalkLimit(f"{self.type_name_} has more than {VALUE_MEMBERS} members to read "
+                            "as one value")
+
+    def _struct_value(self, depth: int, budget: list[int]) -> dict[str, Any]:
         if depth > 8:
             return {}
         layout = self._types.btf.layout(self._tid)
         out: dict[str, Any] = {}
         for name in layout.fields:
+            self._spend(budget)
             member = self.member_(name)
             info = self._types.info(member._tid)
             try:
                 if info.code == _STRUCT:
-                    out[name] = member._struct_value(depth + 1)
+                    out[name] = member._struct_value(depth + 1, budget)
                 elif info.code == _OTHER:
                     continue
                 else:
-                    out[name] = member.value_()
+                    out[name] = member._value_of(depth + 1, budget)
             except GuestMemoryError as exc:
                 out[name] = exc
         return out

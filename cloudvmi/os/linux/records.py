@@ -7,6 +7,7 @@ dominate. A Record resolves its fields once, then each object costs one read and
 import struct
 from dataclasses import dataclass
 
+from cloudvmi.errors import ProfileError
 from cloudvmi.os.linux.btf import BTF, Kind, MemberNotFound
 
 _INT = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h",
@@ -51,7 +52,9 @@ class Record:
             if f.bit_size:
                 start = f.bit_offset // 8
                 width = (f.bit_offset % 8 + f.bit_size + 7) // 8
-                width = next(w for w in (1, 2, 4, 8) if w >= width)
+                width = next((w for w in (1, 2, 4, 8) if w >= width), 0)
+                if not width:  # BTF allows bitfields of up to 255 bits; no integer holds one
+                    raise ProfileError(f"{struct_name}.{path} is a {f.bit_size}-bit bitfield")
                 slots.append(_Slot(name, start, width, _INT[(width, False)], f.bit_offset % 8,
                                    f.bit_size))
             elif kind in (Kind.INT, Kind.ENUM, Kind.ENUM64, Kind.PTR) and (size, signed) in _INT:

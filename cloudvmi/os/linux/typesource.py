@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cloudvmi import config
 from cloudvmi.errors import ProfileError
+from cloudvmi.memory.elfdump import elf_notes
 from cloudvmi.paths import cache_sub
 
 ENV = "CLOUDVMI_SYMBOLS"
@@ -30,6 +31,8 @@ ELF_MAGIC = b"\x7fELF"
 MAX_ENTRIES = 20_000  # directory entries looked at under one search path
 MAX_BTF = 64 << 20  # a vmlinux BTF is 5-6 MiB
 MAX_COMPRESSED = 256 << 20
+MAX_NOTES = 1 << 20  # a vmlinux's .notes: a build id and Xen's few
+NT_GNU_BUILD_ID = 3
 PAHOLE_TIMEOUT = 900.0
 
 
@@ -188,6 +191,7 @@ def _short(banner: bytes) -> str:
 def _from_vmlinux(path: Path, banner: bytes, build_id: str | None) -> bytes:
     """The .BTF section of a vmlinux, or its DWARF turned into BTF by pahole (cached)."""
     from elftools.common.exceptions import ELFError
+    from elftools.construct import ConstructError
     from elftools.elf.elffile import ELFFile
 
     try:
@@ -207,7 +211,7 @@ def _from_vmlinux(path: Path, banner: bytes, build_id: str | None) -> bytes:
                 return _raw_btf(section.data())
             if elf.get_section_by_name(".debug_info") is None:
                 raise ProfileError("has neither a .BTF section nor DWARF")
-    except (ELFError, OSError, ValueError) as exc:
+    except (ELFError, ConstructError, OSError, ValueError) as exc:  # construct: cut short
         raise ProfileError(f"not a readable ELF file ({exc})") from exc
     return _pahole(path)
 
@@ -215,18 +219,18 @@ def _from_vmlinux(path: Path, banner: bytes, build_id: str | None) -> bytes:
 def _elf_build_id(elf) -> str | None:
     section = elf.get_section_by_name(".notes") or elf.get_section_by_name(
         ".note.gnu.build-id")
-    if section is None or not hasattr(section, "iter_notes"):
+    if section is None or section["sh_type"] != "SHT_NOTE" or section.data_size > MAX_NOTES:
         return None
-    for note in section.iter_notes():
-        if note["n_type"] == "NT_GNU_BUILD_ID" and note["n_name"] == "GNU":  # not Xen's
-            return str(note["n_desc"])
+    for name, kind, desc in elf_notes(section.data(), "<" if elf.little_endian else ">"):
+        if kind == NT_GNU_BUILD_ID and name == b"GNU":  # not Xen's
+            return desc.hex()
     return None
 
 
 def _elf_banner(elf) -> bytes | None:
     """linux_banner's bytes, from the section its symbol is defined in."""
     symtab = elf.get_section_by_name(".symtab")
-    if symtab is None:
+    if symtab is None or not hasattr(symtab, "get_symbol_by_name"):  # a .symtab of another type
         return None
     for symbol in (symtab.get_symbol_by_name("linux_banner") or [])[:1]:
         index = symbol["st_shndx"]
