@@ -22,7 +22,7 @@ from cloudvmi.memory.base import PhysicalMemory
 from cloudvmi.os.linux.btf import BTF, locate_btf
 from cloudvmi.os.linux.kallsyms import Kallsyms, kallsyms_at, kallsyms_candidates
 from cloudvmi.os.linux.profile import MEMORY, Profile, ProfileStore
-from cloudvmi.os.linux.typesource import TypeSources
+from cloudvmi.os.linux.typesource import TypeSources, release_of
 from cloudvmi.os.linux.vmcoreinfo import VmcoreInfo, find_vmcoreinfo
 
 BANNER_PREFIX = b"Linux version "
@@ -352,7 +352,7 @@ def _check_types(kernel: LinuxKernel) -> None:
                                       + btf.struct("new_utsname").offset("release"), 65)
     except (KeyError, LookupError, ProfileError, GuestMemoryError) as exc:
         raise ProfileError(f"its types do not fit this kernel ({exc})") from exc
-    want = kernel.profile.banner.split(b" ")[2] if kernel.profile.banner.count(b" ") > 2 else b""
+    want = release_of(kernel.profile.banner).encode()
     if not comm.startswith(b"swapper") or pid != 0:
         raise ProfileError(f"its types do not fit this kernel: init_task reads as "
                            f"{comm[:16]!r} pid {pid}, not the idle task")
