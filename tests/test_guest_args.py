@@ -198,7 +198,7 @@ def test_put_no_follow(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     @contextmanager
     def open_vm(target: str, writable: bool = False):
         yield SimpleNamespace(guest=SimpleNamespace(
-            write_file=lambda *a, **kw: seen.append((a, kw))))
+            write_file=lambda path, data, **kw: seen.append(((path, data.readall()), kw))))
 
     monkeypatch.setattr(ops_cli, "open_vm", open_vm)
     local = tmp_path / "motd"

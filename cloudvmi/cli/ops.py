@@ -8,6 +8,7 @@ import click
 
 from cloudvmi.cli.output import console, emit_json, literal, table
 from cloudvmi.cli.views import open_vm, run_or_exit
+from cloudvmi.stream import ByteStream
 from cloudvmi.write.recipes.run import TIMEOUT
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -79,11 +80,12 @@ def cat(vm: str, path: str, as_pid: int | None, as_json: bool) -> None:
 @json_option
 def put(vm: str, local: Path, path: str, append: bool, mode: str, nofollow: bool,
         as_pid: int | None, as_json: bool) -> None:
-    """Copy a local file into the guest (PATH absolute)."""
-    data = local.read_bytes()
-    _do(vm, as_pid, lambda ops: ops.write_file(path, data, append=append, mode=int(mode, 8),
-                                               nofollow=nofollow))
-    _done(as_json, f"{len(data)} bytes written to {path}", path=path, size=len(data))
+    """Copy a local file into the guest (PATH absolute), streamed: never read whole."""
+    with local.open("rb") as source:
+        data = ByteStream.of_file(source)
+        _do(vm, as_pid, lambda ops: ops.write_file(path, data, append=append,
+                                                   mode=int(mode, 8), nofollow=nofollow))
+    _done(as_json, f"{data.size} bytes written to {path}", path=path, size=data.size)
 
 
 @click.command(name="ls")

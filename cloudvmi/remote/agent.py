@@ -14,6 +14,7 @@ import json
 import signal
 import threading
 import time
+import typing
 from concurrent import futures
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from cloudvmi.remote.metrics import AgentMetrics
 from cloudvmi.remote.proto import cloudvmi_pb2 as pb
 from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
 from cloudvmi.remote.registry import Registry, UnknownVM
+from cloudvmi.remote.upload import QUEUED_MESSAGES, Upload
+from cloudvmi.stream import ByteStream
 from cloudvmi.write.channel import GuestCall
 from cloudvmi.write.errors import GuestOSError
 from cloudvmi.write.operations import CHANNEL_MODES
@@ -41,6 +44,8 @@ EXEC_SECONDS = 3600.0  # the longest a program may hold a guest thread through t
 EXEC_IDLE = 60.0  # ... and the longest between two of its messages
 CHUNK = 4 << 20  # per streamed message: fewer, larger messages stream faster
 MAX_PAYLOAD = 256 << 20  # the blobs of one call's arguments (a file written)
+STREAM_ABOVE = 1 << 20  # a blob larger than this is streamed to a capability that takes one
+UPLOAD_WINDOW = (QUEUED_MESSAGES + 2) * CHUNK  # the most of a streamed upload held at once
 
 
 def _error(context, code: grpc.StatusCode, kind: str, message: str, **extra):
@@ -104,11 +109,12 @@ class AgentService(rpc.AgentServicer):
             self.audit.outcome(intent, result, detail, args)
 
     def _call(self, context, vm: str, fn, intent: Intent | tuple | None = None,
-              op: str = "call"):
-        """Run FN(vm) under the VM's lock, mapping errors to gRPC statuses (and the audit)."""
+              op: str = "call", received=None):
+        """Run FN(vm) under the VM's lock, mapping errors to gRPC statuses (and the audit).
+        RECEIVED() gives what a streamed upload delivered, for the outcome record."""
         started = time.monotonic()
         try:
-            result = self._locked(context, vm, fn, intent)
+            result = self._locked(context, vm, fn, intent, received)
         except BaseException:
             self.metrics.calls.labels(op, "error").inc()
             raise
@@ -118,7 +124,11 @@ class AgentService(rpc.AgentServicer):
         self.metrics.calls.labels(op, "ok").inc()
         return result
 
-    def _locked(self, context, vm: str, fn, intent: Intent | tuple | None):
+    def _locked(self, context, vm: str, fn, intent: Intent | tuple | None, received=None):
+        def outcome(result: str, detail: str) -> None:
+            self._outcome(intent, result, detail, context=context,
+                          args={"received": received()} if received else None)
+
         try:
             with self.registry.lock(vm):
                 try:
@@ -130,20 +140,19 @@ class AgentService(rpc.AgentServicer):
                     self.registry.drop(vm)  # the control channel is suspect: attach afresh
                     raise
         except UnknownVM as exc:
-            self._outcome(intent, "error", str(exc), context=context)
+            outcome("error", str(exc))
             _error(context, grpc.StatusCode.NOT_FOUND, "UnknownVM", str(exc))
         except GuestOSError as exc:
-            self._outcome(intent, "error", str(exc), context=context)
+            outcome("error", str(exc))
             _error(context, grpc.StatusCode.FAILED_PRECONDITION, "GuestOSError", str(exc),
                    errno=exc.errno)
         except (CloudVMIError, ValueError, TypeError) as exc:
-            self._outcome(intent, "error", str(exc), context=context)
+            outcome("error", str(exc))
             _error(context, grpc.StatusCode.FAILED_PRECONDITION, type(exc).__name__, str(exc))
         except BaseException as exc:
-            self._outcome(intent, "error", f"{type(exc).__name__}: {exc}",
-                          context=context)
+            outcome("error", f"{type(exc).__name__}: {exc}")
             raise
-        self._outcome(intent, "ok", "", context=context)
+        outcome("ok", "")
         return result
 
     # -- RPCs -------------------------------------------------------------------------------
@@ -168,27 +177,49 @@ class AgentService(rpc.AgentServicer):
             sizes = codec.blob_sizes(first.args_json or "{}")
         except ValueError:
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError", "bad arguments")
+        if sum(sizes) > MAX_PAYLOAD:
+            _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
+                   f"payload of {sum(sizes)} bytes over the {MAX_PAYLOAD}-byte limit")
         summary = {"args_json": first.args_json, "as_pid": first.as_pid}
         who = self._authorize(context, first.vm, cap.permission, cap.name, summary)
+        # A large blob a capability takes as a stream is written as it arrives: only a
+        # window of it is ever held, and only that counts against the caller's share.
+        streamed = len(sizes) == 1 and sizes[0] > STREAM_ABOVE and _takes_stream(cap)
         try:
-            slot = self.limits.enter(who, sum(sizes))
+            slot = self.limits.enter(who, min(sizes[0], UPLOAD_WINDOW) if streamed
+                                     else sum(sizes))
         except LimitExceeded as exc:
             self.metrics.calls.labels(cap.name, "limited").inc()
             _error(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "LimitExceeded", str(exc))
+        upload = None
         with slot:
-            payload = self._payload(context, first, request_iterator, sum(sizes))
             try:
-                args = codec.check_args(cap, codec.decode(first.args_json or "{}", payload))
+                if streamed:
+                    upload = Upload(sizes[0], first.data, request_iterator,
+                                    self.config.payload_idle, context.cancel)
+                    raw = codec.decode(first.args_json or "{}", b"", tail=upload.stream)
+                else:
+                    raw = codec.decode(first.args_json or "{}",
+                                       self._payload(context, first, request_iterator,
+                                                     sum(sizes)))
+                args = codec.check_args(cap, raw)
             except (TypeError, ValueError) as exc:
+                if upload is not None:
+                    upload.close()
                 _error(context, grpc.StatusCode.INVALID_ARGUMENT, "TypeError", str(exc))
             recorded = {**args, "as_pid": first.as_pid}
-            if cap.permission == "read":  # recorded when done, aggregated per window
-                intent = (who, first.vm, cap.name, recorded)
-            else:  # recorded before the guest is touched
-                intent = self._intent(context, who, first.vm, cap.name, recorded)
-            result = self._call(context, first.vm,
-                                lambda vm: _dispatch(vm, cap, args, first.as_pid),
-                                intent=intent, op=cap.name)
+            try:
+                if cap.permission == "read":  # recorded when done, aggregated per window
+                    intent = (who, first.vm, cap.name, recorded)
+                else:  # recorded before the guest is touched
+                    intent = self._intent(context, who, first.vm, cap.name, recorded)
+                result = self._call(context, first.vm,
+                                    lambda vm: _dispatch(vm, cap, args, first.as_pid),
+                                    intent=intent, op=cap.name,
+                                    received=upload.received if upload else None)
+            finally:
+                if upload is not None:
+                    upload.close()
         text, blobs = codec.encode(result)
         yield pb.Reply(json=text)
         for blob in blobs:
@@ -316,6 +347,12 @@ def _exec_calls(message, max_bytes: int) -> list[GuestCall]:
     if not isinstance(calls, list) or not all(isinstance(c, GuestCall) for c in calls):
         raise ValueError("a list of calls was expected")
     return calls
+
+
+def _takes_stream(cap: capability.Capability) -> bool:
+    """Whether one of CAP's parameters accepts a ByteStream (so its blob can be streamed)."""
+    return any(p.type is ByteStream or ByteStream in typing.get_args(p.type)
+               for p in cap.params)
 
 
 def _dispatch(vm, cap: capability.Capability, args: dict, as_pid: int):

@@ -27,6 +27,7 @@ from pathlib import PurePath
 from typing import Any
 
 from cloudvmi.errors import CloudVMIError
+from cloudvmi.stream import ByteStream
 
 VERSION = 2
 GENESIS = "0" * 64
@@ -78,6 +79,8 @@ def _plain(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         data = bytes(value)
         return {"$bytes": {"sha256": sha256(data), "len": len(data)}}
+    if isinstance(value, ByteStream):  # still arriving: its digest goes in the outcome
+        return {"$stream": {"len": value.size}}
     if isinstance(value, enum.Enum):
         return _plain(value.value)
     if value is None or isinstance(value, bool | int | str):
@@ -119,6 +122,8 @@ def _clear(value: Any, depth: int) -> Any:
         if len(data) <= BYTES_CLEAR:
             return {"$bytes": {"hex": data.hex(), "len": len(data)}}
         return {"$bytes": {"sha256": sha256(data), "len": len(data)}}
+    if isinstance(value, ByteStream):  # still arriving: its digest goes in the outcome
+        return {"$stream": {"len": value.size}}
     if isinstance(value, enum.Enum):
         return _clear(value.value, depth)
     if isinstance(value, str):

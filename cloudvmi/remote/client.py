@@ -5,6 +5,7 @@ import contextlib
 import json
 import queue
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from cloudvmi.redirect.program import Completed, run_program
 from cloudvmi.remote import codec
 from cloudvmi.remote.proto import cloudvmi_pb2 as pb
 from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
+from cloudvmi.stream import ByteStream
 from cloudvmi.vm import check_exec_args
 from cloudvmi.write.channel import CallResult, GuestCall
 from cloudvmi.write.errors import GuestOSError
@@ -51,6 +53,21 @@ class TLS:
     def from_dir(cls, directory: str | Path, name: str) -> "TLS":
         d = Path(directory)
         return cls(d / "ca.pem", d / f"{name}.pem", d / f"{name}.key")
+
+
+def _pieces(blobs: list) -> Iterator[bytes]:
+    """The blobs' bytes in messages of at most CHUNK, streams read as they are sent."""
+    pending = bytearray()
+    for blob in blobs:
+        source = blob.chunks(CHUNK) if isinstance(blob, ByteStream) else (
+            blob[i:i + CHUNK] for i in range(0, len(blob), CHUNK))
+        for part in source:
+            pending += part
+            while len(pending) >= CHUNK:
+                yield bytes(pending[:CHUNK])
+                del pending[:CHUNK]
+    if pending:
+        yield bytes(pending)
 
 
 def _busy(exc: grpc.RpcError) -> bool:
@@ -107,19 +124,21 @@ class Node:
     def invoke(self, vm: str, cap: Capability, args: dict[str, Any], as_pid: int = 0) -> Any:
         """Run capability CAP on VM through the agent; its result, as the local call gives."""
         text, blobs = codec.encode(args)
-        payload = b"".join(blobs)
+        streams = [b for b in blobs if isinstance(b, ByteStream)]
+        small = sum(len(b) for b in blobs) <= CHUNK and not streams
 
         def calls():
+            pieces = _pieces(blobs)
             yield pb.Call(vm=vm, capability=cap.key, args_json=text, as_pid=as_pid,
-                          data=payload[:CHUNK])
-            for offset in range(CHUNK, len(payload), CHUNK):
-                yield pb.Call(data=payload[offset:offset + CHUNK])
+                          data=next(pieces, b""))
+            for piece in pieces:
+                yield pb.Call(data=piece)
 
         deadline = time.monotonic() + min(self.timeout, MAX_BUSY_WAIT)
         pause = 0.02
         while True:
             try:
-                if len(payload) <= CHUNK:  # all in the first message
+                if small:  # all in the first message
                     replies = self.stub.InvokeOne(next(calls()), timeout=self.timeout)
                 else:
                     replies = self.stub.Invoke(calls(), timeout=self.timeout)
@@ -128,8 +147,9 @@ class Node:
                 break
             except grpc.RpcError as exc:
                 # Over this client's share of the agent: refused before anything was done,
-                # so trying again later is safe.
-                if _busy(exc) and time.monotonic() + pause < deadline:
+                # so trying again later is safe (a stream sent in part starts again).
+                if _busy(exc) and time.monotonic() + pause < deadline \
+                        and all(s.rewind() for s in streams):
                     time.sleep(pause)
                     pause = min(pause * 2, 1.0)
                     continue

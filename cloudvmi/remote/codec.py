@@ -14,12 +14,15 @@ import types
 import typing
 from typing import Any
 
+from cloudvmi.stream import ByteStream
+
 BLOB = "__blob__"
 
 
-def encode(value: Any) -> tuple[str, list[bytes]]:
-    """(JSON text, blobs) for a value made of dataclasses, lists, dicts, scalars and bytes."""
-    blobs: list[bytes] = []
+def encode(value: Any) -> tuple[str, list[bytes | ByteStream]]:
+    """(JSON text, blobs) for a value made of dataclasses, lists, dicts, scalars and bytes.
+    A ByteStream stays a stream among the blobs, for the sender to read as it sends."""
+    blobs: list[bytes | ByteStream] = []
 
     def plain(v: Any) -> Any:
         if isinstance(v, _SCALARS):
@@ -30,6 +33,9 @@ def encode(value: Any) -> tuple[str, list[bytes]]:
         if isinstance(v, bytes | bytearray | memoryview):
             blobs.append(bytes(v))
             return {BLOB: len(blobs[-1])}
+        if isinstance(v, ByteStream):
+            blobs.append(v)
+            return {BLOB: v.size}
         if isinstance(v, list | tuple):
             return [plain(x) for x in v]
         if isinstance(v, dict):
@@ -74,15 +80,23 @@ def blob_sizes(text: str) -> list[int]:
     return sizes
 
 
-def decode(text: str, blobs: bytes, hint: Any = Any) -> Any:
-    """Rebuild a value from its JSON and the concatenated blobs, guided by the type HINT."""
+def decode(text: str, blobs: bytes, hint: Any = Any, tail: ByteStream | None = None) -> Any:
+    """Rebuild a value from its JSON and the concatenated blobs, guided by the type HINT.
+    With TAIL, the last blob announced is that stream (still arriving) instead of bytes."""
     pos = 0
+    count = len(blob_sizes(text)) if tail is not None else 0
+    seen = 0
 
     def unblob(v: Any) -> Any:
-        nonlocal pos
+        nonlocal pos, seen
         if isinstance(v, dict):
             if set(v) == {BLOB}:
                 n = v[BLOB]
+                seen += 1
+                if tail is not None and seen == count:
+                    if n != tail.size:
+                        raise ValueError("the streamed blob is not the size announced")
+                    return tail
                 if not isinstance(n, int) or n < 0 or pos + n > len(blobs):
                     raise ValueError("blob data shorter than announced")
                 out, pos = blobs[pos:pos + n], pos + n
