@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cloudvmi.cli.remote_admin import COMMANDS
 from cloudvmi.errors import CloudVMIError
 from cloudvmi.remote import certs, config
-from cloudvmi.remote.identity import INSECURE_IDENTITY, identity_of
+from cloudvmi.remote.identity import INSECURE_IDENTITY, Revocations, identity_of
 
 
 def two_cn_client(ca_dir: Path, out: Path) -> SimpleNamespace:
@@ -117,6 +117,26 @@ def test_crl_listed_serial_is_refused(pki: SimpleNamespace, tmp_path: Path) -> N
     assert cfg.revoked == {pki.bob.serial}
     assert identity_of(context(pki.bob.cert), cfg) is None
     assert identity_of(context(pki.alice.cert), cfg) == "alice"
+
+
+def test_a_crl_changed_while_the_agent_runs_takes_effect(pki: SimpleNamespace,
+                                                         tmp_path: Path) -> None:
+    """The agent's Revocations re-read the CRL when its file changes: a newly revoked
+    client is refused at its next call; a CRL that stops verifying refuses everyone (fail
+    closed) until a good one is back."""
+    crl = certs.make_crl(pki.ca, [])
+    cfg = agent_config(pki, tmp_path, f'crl = "{crl}"\n')
+    now = Revocations(cfg)
+    assert identity_of(context(pki.bob.cert), cfg, now) == "bob"
+    certs.make_crl(pki.ca, [pki.bob.serial])  # `cloudvmi certs revoke` writes the same file
+    assert identity_of(context(pki.bob.cert), cfg, now) is None
+    assert identity_of(context(pki.alice.cert), cfg, now) == "alice"
+    good = crl.read_bytes()
+    crl.write_bytes(certs.make_crl(pki.other, []).read_bytes())  # signed by another CA
+    assert identity_of(context(pki.alice.cert), cfg, now) is None
+    crl.write_bytes(good)
+    assert identity_of(context(pki.alice.cert), cfg, now) == "alice"
+    assert identity_of(context(pki.bob.cert), cfg, now) is None
 
 
 def test_crl_signed_by_another_key_is_a_config_error(pki: SimpleNamespace,

@@ -27,7 +27,7 @@ from cloudvmi.errors import CloudVMIError
 from cloudvmi.remote import codec
 from cloudvmi.remote.audit import AuditError, AuditLog, Intent
 from cloudvmi.remote.config import AgentConfig
-from cloudvmi.remote.identity import identity_of
+from cloudvmi.remote.identity import Revocations, identity_of
 from cloudvmi.remote.limits import CallLimits, LimitExceeded
 from cloudvmi.remote.metrics import AgentMetrics
 from cloudvmi.remote.proto import cloudvmi_pb2 as pb
@@ -60,11 +60,12 @@ class AgentService(rpc.AgentServicer):
         self.audit = audit
         self.metrics = metrics or AgentMetrics()
         self.limits = CallLimits(config.calls_per_identity, config.bytes_per_identity)
+        self.revocations = Revocations(config)
 
     # -- who and what ---------------------------------------------------------------------
     def _identity(self, context) -> str:
         """The client's one CN, or "" (denied): revoked, several CNs, not a client's."""
-        return identity_of(context.auth_context(), self.config) or ""
+        return identity_of(context.auth_context(), self.config, self.revocations) or ""
 
     def _authorize(self, context, vm: str, permission: str, op: str, args: dict) -> str:
         who = self._identity(context)

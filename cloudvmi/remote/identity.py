@@ -7,6 +7,8 @@ one Common Name (authorizing "the first" would let a CA-signed name smuggle anot
 without the client EKU, and a revoked serial (`revoked` and `crl` in the agent's config).
 """
 
+import os
+import threading
 from collections.abc import Mapping, Sequence
 
 from cloudvmi.remote import certs
@@ -15,8 +17,42 @@ from cloudvmi.remote.config import AgentConfig
 INSECURE_IDENTITY = "insecure-loopback"  # every caller of a plaintext (loopback) agent
 
 
-def identity_of(auth_context: Mapping[str, Sequence[bytes]], config: AgentConfig
-                ) -> str | None:
+class Revocations:
+    """The serials refused now: the configured ones and the CRL's. The CRL is read again
+    when its file changes, so a revocation takes effect without restarting the agent; a
+    CRL that no longer reads or verifies against the CA refuses every client (fail closed)
+    until a good one is in place."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._stamp: tuple | None = self._stat()
+        self._serials: frozenset[int] | None = config.revoked  # None: refuse everyone
+
+    def _stat(self) -> tuple | None:
+        try:
+            st = os.stat(self.config.crl)  # type: ignore[arg-type]
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def refused(self, serial: int) -> bool:
+        if self.config.crl is None:
+            return serial in self.config.revoked
+        stamp = self._stat()
+        with self._lock:
+            if stamp != self._stamp:
+                self._stamp = stamp
+                try:
+                    self._serials = self.config.revoked | certs.read_crl(
+                        self.config.crl.read_bytes(), self.config.ca.read_bytes())
+                except (OSError, certs.CertError, AttributeError):
+                    self._serials = None
+            return self._serials is None or serial in self._serials
+
+
+def identity_of(auth_context: Mapping[str, Sequence[bytes]], config: AgentConfig,
+                revocations: Revocations | None = None) -> str | None:
     """The identity (the single CN) of the peer in a gRPC `context.auth_context()`, or
     None when its certificate is refused: deny the call."""
     if config.insecure:
@@ -28,7 +64,9 @@ def identity_of(auth_context: Mapping[str, Sequence[bytes]], config: AgentConfig
         cert = certs.load_certificate(pems[0])
     except certs.CertError:
         return None
-    if cert.serial_number in config.revoked or certs.cert_kind(cert) != "client":
+    refused = (revocations.refused(cert.serial_number) if revocations is not None
+               else cert.serial_number in config.revoked)
+    if refused or certs.cert_kind(cert) != "client":
         return None
     names = certs.common_names(cert)
     if len(names) != 1 or not names[0]:
