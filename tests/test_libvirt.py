@@ -212,3 +212,27 @@ permissions = ["read", "write", "operate"]
         assert domain.console.check("cat /tmp/through-agent") == "served by name\n"
     finally:
         agent.stop()
+
+
+def test_connect_is_taken_anywhere_but_after_a_double_dash():
+    from cloudvmi.cli.main import _options_first
+
+    assert _options_first(["ps", "libvirt:web-1", "--connect", "qemu:///x", "--json"]) == [
+        "--connect", "qemu:///x", "ps", "libvirt:web-1", "--json"]
+    assert _options_first(["ps", "web-1", "--connect=qemu:///x"]) == [
+        "--connect=qemu:///x", "ps", "web-1"]
+    assert _options_first(["exec", "web-1", "--", "prog", "--connect", "x"]) == [
+        "exec", "web-1", "--", "prog", "--connect", "x"]
+
+
+def test_an_unreachable_libvirtd(tmp_path, monkeypatch):
+    """`libvirt:NAME` says why it cannot be found; a plain name is left to the other finders
+    (none knows it)."""
+    from cloudvmi import attach
+    from cloudvmi.errors import CloudVMIError
+
+    monkeypatch.setenv("CLOUDVMI_LIBVIRT_URI", f"qemu:///system?socket={tmp_path / 'none'}")
+    with pytest.raises(CloudVMIError, match="cannot connect to libvirt"):
+        attach("libvirt:web-1")
+    with pytest.raises(CloudVMIError, match="not a known VM"):
+        attach("lv-nowhere-1")

@@ -21,6 +21,7 @@ import re
 import socket
 from pathlib import Path
 
+from cloudvmi.config import setting
 from cloudvmi.control.gdbstub import GDBStubBusy, GDBStubError
 from cloudvmi.paths import state_dir
 
@@ -61,10 +62,12 @@ def find_gdbstub(qmp) -> Address | None:
 
 
 def private_socket(vm_key: str) -> str:
-    """Where a stub for the VM a monitor's key names listens: in a 0700 directory of the
-    state directory, one name per VM (unix socket paths are short: the name is a digest)."""
-    directory = state_dir() / "gdb"
-    directory.mkdir(mode=0o700, exist_ok=True)
+    """Where a stub for the VM a monitor's key names listens: in a 0700 directory, one name
+    per VM (unix socket paths are short: the name is a digest). The directory is the state
+    directory's gdb/, or `gdb_socket_dir` of the settings: QEMU must be able to create the
+    socket there (a QEMU run by libvirt as libvirt-qemu: a directory that user owns)."""
+    directory = Path(setting("gdb_socket_dir") or state_dir() / "gdb")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     name = hashlib.sha256(vm_key.encode()).hexdigest()[:16]
     return str(directory / f"{name}.sock")
