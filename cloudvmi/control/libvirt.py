@@ -65,6 +65,12 @@ def _connect(connect_uri: str):
                             f"{exc.get_error_message()}") from exc
 
 
+def domain_key(uuid: str) -> str:
+    """The domain on this host, whichever URI reached it (qemu:///system and
+    qemu+unix:///system are one libvirtd): its UUID."""
+    return f"libvirt:{uuid}"
+
+
 class LibvirtMonitor:
     """A running domain's QMP through libvirt, with control/qmp.py's interface."""
 
@@ -87,8 +93,7 @@ class LibvirtMonitor:
 
     @property
     def key(self) -> str:
-        """The domain on this host: its UUID under the connection's URI."""
-        return f"libvirt:{self.uri}#{self.uuid}"
+        return domain_key(self.uuid)
 
     def execute(self, command: str, **arguments: Any) -> Any:
         libvirt, _ = _libvirt()
@@ -148,7 +153,7 @@ class LibvirtMonitor:
 def _found(name: str, connect_uri: str, uuid: str) -> Found:
     return Found(name, "libvirt", "", None, f"libvirt domain {uuid}",
                  connect=functools.partial(LibvirtMonitor, name, connect_uri),
-                 key=f"libvirt:{connect_uri}#{uuid}")
+                 key=domain_key(uuid))
 
 
 def find(name: str, strict: bool = False) -> Found | None:

@@ -3,7 +3,7 @@ domains) and QEMUs whose QMP sockets sit in the configured directories. Each is 
 on first use, and used under its own lock (QMP and the gdbstub serve one client at a time).
 
 Locks and attached VMs are keyed by the real path of the VM's QMP socket (a libvirt domain:
-its connection and UUID), not by the name a client asked for: a VM reachable under two names
+its UUID), not by the name a client asked for: a VM reachable under two names
 (a symlinked socket) is still one VM with one lock. A name that resolves to no VM gets no
 lock, and a lock is kept only while it is held or its VM attached, so the table stays as
 small as the set of VMs in use.
