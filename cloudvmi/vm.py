@@ -1,6 +1,6 @@
-"""One VM object over any memory source: a running QEMU (found by a finder, such as the lab,
-or by its QMP socket) or a dump file. It implements `cloudvmi.interface.VMInterface`, as the
-remote VM does."""
+"""One VM object over any memory source: a running QEMU (found by a finder, such as the lab
+or libvirt, or by its QMP socket) or a dump file. It implements
+`cloudvmi.interface.VMInterface`, as the remote VM does."""
 
 import contextlib
 import hashlib
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cloudvmi.capability import vm_call
 from cloudvmi.control import discovery
-from cloudvmi.control.discovery import process_alive, qemu_pid, shared_ram_file
+from cloudvmi.control.discovery import process_alive, shared_ram_file
 from cloudvmi.control.qmp import QMP
 from cloudvmi.errors import CloudVMIError, GuestMemoryError
 from cloudvmi.memory.base import PhysicalMemory, Region
@@ -43,7 +43,8 @@ class KernelProfile:
 
 
 class VM:
-    """A guest we introspect: physical memory, optional QMP control, and its Linux kernel."""
+    """A guest we introspect: physical memory, optional QMP control, and its Linux kernel.
+    QMP is a monitor with control/qmp.py's interface (QMP itself, or libvirt's passthrough)."""
 
     def __init__(self, name: str, phys: PhysicalMemory, qmp: QMP | None = None,
                  dump: DumpInfo | None = None, profile_cache: Path | None = None,
@@ -92,7 +93,7 @@ class VM:
                 self._check_running()  # connecting would stop it, and closing resume it
             address = self.gdb_address
             if address is None:
-                address, started = ensure_gdbstub(self.qmp, self.qmp.socket_path)
+                address, started = ensure_gdbstub(self.qmp, self.qmp.key)
                 self._gdb_started = address if started else None
             with self._pause_recorded():  # connecting stops the VM until we let it run
                 self._gdb = (GDBStub.connect(address) if isinstance(address, str)
@@ -126,7 +127,7 @@ class VM:
     def _run_identity(self) -> dict:
         """What tells this run of the VM from another: the QEMU process (pid and start time),
         the host's boot, and the guest kernel's boot (its KASLR slide and build)."""
-        pid = qemu_pid(self.qmp.socket_path)
+        pid = self.qmp.pid()
         try:
             started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
             boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -138,8 +139,8 @@ class VM:
                 "guest_build": hashlib.sha256(kernel.profile.banner).hexdigest()[:16]}
 
     def _journal_path(self) -> Path:
-        """Where injections into this VM are journaled: one file per QMP socket."""
-        return state_sub("journal") / f"{_vm_key(self.qmp.socket_path)}.json"
+        """Where injections into this VM are journaled: one file per VM (its monitor's key)."""
+        return state_sub("journal") / f"{_vm_key(self.qmp.key)}.json"
 
     def _check_running(self) -> None:
         status = self.qmp.execute("query-status")
@@ -184,7 +185,7 @@ class VM:
     def _pause_recorded(self) -> Iterator[None]:
         """While this process holds the VM stopped, say so on disk (the next attach resumes
         a VM whose holder died)."""
-        marker = _pause_marker(self.qmp.socket_path)
+        marker = _pause_marker(self.qmp.key)
         _write_synced(marker, str(os.getpid()))
         try:
             yield
@@ -283,12 +284,13 @@ def check_exec_args(timeout: float, cwd: str) -> None:
             raise ValueError(f"exec: {name}: {exc}") from None
 
 
-def _vm_key(socket_path: str) -> str:
-    return hashlib.sha256(os.path.realpath(socket_path).encode()).hexdigest()[:20]
+def _vm_key(key: str) -> str:
+    """A file name for the VM a monitor's key names (a QMP socket's real path, a domain)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
-def _pause_marker(socket_path: str) -> Path:
-    return state_sub("paused") / f"{_vm_key(socket_path)}.pid"
+def _pause_marker(key: str) -> Path:
+    return state_sub("paused") / f"{_vm_key(key)}.pid"
 
 
 def _write_synced(path: Path, text: str) -> None:
@@ -300,10 +302,10 @@ def _write_synced(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def _resume_if_left_paused(qmp: QMP) -> None:
+def _resume_if_left_paused(qmp) -> None:
     """A process that paused this VM to read it and died before resuming it left a marker:
     resume the VM (only if that process is gone and the VM is still paused)."""
-    marker = _pause_marker(qmp.socket_path)
+    marker = _pause_marker(qmp.key)
     try:
         owner = int(marker.read_text() or 0)
     except (FileNotFoundError, ValueError):
@@ -327,8 +329,9 @@ def default_profile_cache() -> Path:
 def attach(target: str, writable: bool = False, profile_cache: Path | None | str = "default",
            finders: list[str] | None = None, symbols: str | None = None) -> VM:
     """Attach to TARGET: a QMP socket path, a memory dump file, or a VM name a finder knows
-    (a lab guest's name). SYMBOLS: where the types of a kernel without BTF are (a BTF file,
-    an ISF, a vmlinux or a directory of them), before $CLOUDVMI_SYMBOLS and the settings."""
+    (a lab guest's name, a libvirt domain's: `libvirt:web-1`). SYMBOLS: where the types of a
+    kernel without BTF are (a BTF file, an ISF, a vmlinux or a directory of them), before
+    $CLOUDVMI_SYMBOLS and the settings."""
     vm = _attach(target, writable, profile_cache, finders)
     vm.symbols = symbols
     return vm
@@ -342,19 +345,20 @@ def _attach(target: str, writable: bool, profile_cache: Path | None | str,
     if path.exists():
         mode = os.stat(path).st_mode
         if stat.S_ISSOCK(mode):
-            return _attach_qmp(str(path), target, writable, cache)
+            return _attach_monitor(QMP(str(path)), target, writable, cache)
         if not stat.S_ISREG(mode) and not stat.S_ISBLK(mode):
             raise CloudVMIError(f"{target} is neither a QMP socket nor a memory dump file")
         return _attach_dump(path, cache)
     found = discovery.find(target, finders)
     if found is None:
         raise CloudVMIError(f"{target!r} is not a known VM, a QMP socket or a dump file")
-    return _attach_qmp(found.qmp, target, writable, cache, found.gdb)
+    return _attach_monitor(found.open_monitor(), target, writable, cache, found.gdb)
 
 
-def _attach_qmp(socket_path: str, name: str, writable: bool, cache: Path | None,
-                gdb_address: tuple[str, int] | str | None = None) -> VM:
-    qmp = QMP(socket_path)
+def _attach_monitor(qmp, name: str, writable: bool, cache: Path | None,
+                    gdb_address: tuple[str, int] | str | None = None) -> VM:
+    """A live VM over its monitor QMP (QMP's interface): RAM from its shared file if it has
+    one, else from the QEMU process."""
     try:
         _resume_if_left_paused(qmp)
         _, regions = parse_mtree(qmp.hmp("info mtree -f"))
@@ -362,7 +366,7 @@ def _attach_qmp(socket_path: str, name: str, writable: bool, cache: Path | None,
         if shm and os.path.exists(shm):
             phys: PhysicalMemory = MappedFileMemory(shm, regions, writable=writable)
         else:
-            phys = ProcessMemory(qemu_pid(socket_path), host_regions(qmp, regions), writable)
+            phys = ProcessMemory(qmp.pid(), host_regions(qmp, regions), writable)
     except BaseException:
         qmp.close()
         raise

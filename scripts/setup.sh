@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(qemu-system-x86 busybox-static cpio gcc libc6-dev dpkg-dev iproute2 procps coreutils passwd ca-certificates dwarves xz-utils)
+packages=(qemu-system-x86 busybox-static cpio gcc libc6-dev dpkg-dev iproute2 procps coreutils passwd ca-certificates dwarves xz-utils
+	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config python3-dev util-linux)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -17,6 +18,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -q >/dev/null
 	apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# libvirtd's QEMU driver looks up its built-in QEMU user at start, even when qemu.conf names
+# another: libvirt-daemon-system would create it (with systemd units this machine needs not).
+if ! getent passwd libvirt-qemu >/dev/null; then
+	useradd --system --user-group --no-create-home --home-dir /var/lib/libvirt \
+		--shell /usr/sbin/nologin libvirt-qemu
 fi
 
 if [ ! -x .venv/bin/python ]; then

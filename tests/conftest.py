@@ -14,7 +14,8 @@ from cloudvmi.lab import guest as lab
 # fast subset truthfully.
 VIEW_KERNELS = KERNELS
 CORPUS_ENV = "CLOUDVMI_VIEW_CORPUS"  # a folder of VERSION/{guest.elf,guest.raw,truth/}
-BOOTING = {"live", "variant", "fleet", "setup", "guest", "guest_images", "viewed", "seen"}
+BOOTING = {"live", "variant", "fleet", "setup", "guest", "guest_images", "viewed", "seen",
+           "domain"}
 
 
 def pytest_collection_modifyitems(items):

@@ -583,17 +583,17 @@ def test_guest_ensure_gdbstub(guest):
     qmp = QMP(str(g.qmp_path))
     try:
         assert find_gdbstub(qmp) == g.gdb_socket
-        assert ensure_gdbstub(qmp, str(g.qmp_path)) == (g.gdb_socket, False)
+        assert ensure_gdbstub(qmp, qmp.key) == (g.gdb_socket, False)
         with GDBStub.connect(g.gdb_socket):
             with pytest.raises(GDBStubBusy):
-                ensure_gdbstub(qmp, str(g.qmp_path))
+                ensure_gdbstub(qmp, qmp.key)
             t0 = time.perf_counter()
             with pytest.raises(GDBStubBusy):  # refused before connecting: see _unix_busy
                 GDBStub.connect(g.gdb_socket)
             assert time.perf_counter() - t0 < 1.5  # after a second for a leaving client
         qmp.hmp("gdbserver none")  # as if QEMU had been started without -gdb
         assert find_gdbstub(qmp) is None
-        path, started = ensure_gdbstub(qmp, str(g.qmp_path))
+        path, started = ensure_gdbstub(qmp, qmp.key)
         assert started and path != g.gdb_socket
         assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
         with GDBStub.connect(path) as gdb:

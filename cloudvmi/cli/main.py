@@ -8,9 +8,36 @@ import click
 from cloudvmi.cli.output import emit_json, table
 from cloudvmi.cli.views import run_or_exit, view_command
 
+ANYWHERE = ("--connect",)  # options of the group also taken after the command's name
+
+
+def _options_first(args: list[str]) -> list[str]:
+    """ARGS with the group's options of ANYWHERE moved in front of the command, so that
+    `cloudvmi ps libvirt:web-1 --connect URI` reads as `cloudvmi --connect URI ps ...`. What
+    follows `--` (a guest program's arguments) is left alone."""
+    front, rest, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg in ANYWHERE and i + 1 < len(args):
+            front += args[i:i + 2]
+            i += 2
+            continue
+        if arg.split("=", 1)[0] in ANYWHERE and "=" in arg:
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
 
 class Commands(click.Group):
     """Fixed commands, plus one per view of the registry, made when first named."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _options_first(args))
 
     def _views(self) -> dict:
         from cloudvmi import capability
@@ -33,11 +60,19 @@ class Commands(click.Group):
 @click.option("--symbols", metavar="PATH", help="Types for guest kernels built without BTF: "
               "a BTF file, a Volatility 3 ISF, a vmlinux, or a directory of them "
               "(also $CLOUDVMI_SYMBOLS).")
-def main(symbols: str | None) -> None:
+@click.option("--connect", "libvirt_uri", metavar="URI",
+              help="The libvirt connection for libvirt:NAME domains (default qemu:///system; "
+              "also $CLOUDVMI_LIBVIRT_URI or libvirt_uri in the settings).")
+def main(symbols: str | None, libvirt_uri: str | None) -> None:
     """CloudVMI: introspect and change QEMU/KVM guests from outside, with no agent inside.
 
-    VM is a lab guest's name, a QMP socket path, a memory dump file, or VM@NODE.
+    VM is a lab guest's name, a libvirt domain's (libvirt:NAME), a QMP socket path, a memory
+    dump file, or VM@NODE.
     """
+    if libvirt_uri:
+        from cloudvmi.control.libvirt import URI_ENV
+
+        os.environ[URI_ENV] = libvirt_uri
     if symbols:  # every command of this process, the agent's included, looks there first
         from cloudvmi.os.linux.typesource import ENV
 
@@ -46,11 +81,23 @@ def main(symbols: str | None) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def vms(as_json: bool) -> None:
+@click.option("--local", is_flag=True,
+              help="This host's running VMs (lab guests, libvirt domains) instead.")
+def vms(as_json: bool, local: bool) -> None:
     """List the VMs of every node in the inventory."""
 
     def go() -> None:
         from cloudvmi.remote.inventory import load
+
+        if local:
+            from cloudvmi.control import discovery
+
+            found = discovery.running()
+            if as_json:
+                return emit_json([{"name": f.name, "kind": f.kind, "detail": f.detail}
+                                  for f in found])
+            return table("VMs", ["VM", "KIND", "STATE", "DETAIL"],
+                         [(f.target, f.kind, "running", f.detail) for f in found])
 
         answers = load().fan_out(lambda node: node.vms())
         rows, out = [], {}

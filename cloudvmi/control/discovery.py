@@ -1,12 +1,16 @@
 """Finding VMs by name, and facts about a running QEMU that QMP does not hand out directly.
 
 VMs are found by finders: plug-ins listed under the `cloudvmi.finders` entry point, each a
-module with `find(name) -> Found | None` and `running() -> list[Found]` (the lab is one).
+module with `find(name, strict=False) -> Found | None` and `running() -> list[Found]` (the
+lab and libvirt are two). A name may say which finder knows it: `libvirt:web-1`, `lab:web-1`;
+that finder is then asked strictly: it says why it cannot find the VM (libvirtd unreachable)
+instead of leaving the name to the others.
 """
 
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +24,36 @@ class Found:
     """A running VM a finder knows: how to reach its monitor and debugger."""
 
     name: str
-    kind: str  # the finder's name: "lab", ...
-    qmp: str  # QMP socket path
+    kind: str  # the finder's name: "lab", "libvirt", ...
+    qmp: str  # QMP socket path ("" when the monitor is reached otherwise: `connect`)
     gdb: tuple[str, int] | str | None = None  # a gdbstub the VM has: (host, port) or a path
     detail: str = ""
+    connect: Callable[[], object] | None = None  # opens a monitor like control.qmp.QMP
+    key: str = ""  # names the VM on this host, when it has no QMP socket
+
+    @property
+    def vm_key(self) -> str:
+        """The same VM under any name has the same key: its socket's real path, else `key`."""
+        return self.key or os.path.realpath(self.qmp)
+
+    @property
+    def target(self) -> str:
+        """The name find() resolves to this VM through its own finder only."""
+        return f"{self.kind}:{self.name}"
+
+    def open_monitor(self):
+        """A connection to the VM's monitor (QMP's interface, control/qmp.py)."""
+        if self.connect is not None:
+            return self.connect()
+        from cloudvmi.control.qmp import QMP
+
+        return QMP(self.qmp)
+
+
+def finder_names() -> list[str]:
+    from importlib.metadata import entry_points
+
+    return [ep.name for ep in entry_points(group=FINDERS_GROUP)]
 
 
 def _finders(only: list[str] | None = None) -> list:
@@ -35,11 +65,20 @@ def _finders(only: list[str] | None = None) -> list:
 
 
 def find(name: str, only: list[str] | None = None) -> Found | None:
-    """The VM NAME as the first finder that knows it reports it."""
+    """The VM NAME as the first finder that knows it reports it; `KIND:NAME` asks only the
+    finder KIND (when KIND is one of ONLY)."""
+    kind, sep, rest = name.partition(":")
+    strict = bool(sep) and kind in finder_names()
+    if strict:
+        if only is not None and kind not in only:
+            return None
+        only, name = [kind], rest
     for finder in _finders(only):
-        found = finder.find(name)
+        found = finder.find(name, strict=strict)
         if found is not None:
             return found
+    if strict:
+        raise CloudVMIError(f"{kind} knows no running VM {name!r}")
     return None
 
 

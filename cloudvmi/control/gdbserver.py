@@ -21,6 +21,7 @@ import re
 import socket
 from pathlib import Path
 
+from cloudvmi.config import setting
 from cloudvmi.control.gdbstub import GDBStubBusy, GDBStubError
 from cloudvmi.paths import state_dir
 
@@ -60,13 +61,15 @@ def find_gdbstub(qmp) -> Address | None:
     return host, int(tcp.group(2))
 
 
-def private_socket(qmp_path: str) -> str:
-    """Where a stub for the VM behind QMP_PATH listens: in a 0700 directory of the state
-    directory, one name per VM (unix socket paths are short: the name is a digest)."""
-    directory = state_dir() / "gdb"
-    directory.mkdir(mode=0o700, exist_ok=True)
+def private_socket(vm_key: str) -> str:
+    """Where a stub for the VM a monitor's key names listens: in a 0700 directory, one name
+    per VM (unix socket paths are short: the name is a digest). The directory is the state
+    directory's gdb/, or `gdb_socket_dir` of the settings: QEMU must be able to create the
+    socket there (a QEMU run by libvirt as libvirt-qemu: a directory that user owns)."""
+    directory = Path(setting("gdb_socket_dir") or state_dir() / "gdb")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    name = hashlib.sha256(os.path.realpath(qmp_path).encode()).hexdigest()[:16]
+    name = hashlib.sha256(vm_key.encode()).hexdigest()[:16]
     return str(directory / f"{name}.sock")
 
 
@@ -115,8 +118,9 @@ def stop_gdbstub(qmp, path: str | None = None) -> None:
         Path(path).unlink(missing_ok=True)
 
 
-def ensure_gdbstub(qmp, qmp_path: str) -> tuple[Address, bool]:
-    """(address, started) of a free gdbstub for the VM behind QMP: its own if it has one
+def ensure_gdbstub(qmp, vm_key: str) -> tuple[Address, bool]:
+    """(address, started) of a free gdbstub for the VM behind QMP (VM_KEY: its monitor's
+    key, a QMP socket's real path or a libvirt domain): its own if it has one
     (started False: leave it), else a new one on a private unix socket (started True: the
     caller removes it with stop_gdbstub when done)."""
     found = find_gdbstub(qmp)
@@ -126,4 +130,4 @@ def ensure_gdbstub(qmp, qmp_path: str) -> tuple[Address, bool]:
     if filename is not None:
         raise GDBStubError(f"the VM's gdbstub is on {filename}, which cannot be connected to; "
                            "use start_gdbstub(qmp, replace=True) to move it")
-    return start_gdbstub(qmp, path=private_socket(qmp_path)), True
+    return start_gdbstub(qmp, path=private_socket(vm_key)), True

@@ -1,8 +1,14 @@
-"""A synchronous QMP client over the qemu.qmp library, for callers that are not asyncio."""
+"""A synchronous QMP client over the qemu.qmp library, for callers that are not asyncio.
+
+Its interface is what the rest of CloudVMI asks of a VM's monitor: `execute`, `hmp`, `key`
+(names the VM on this host: journal, pause marker, gdbstub socket), `pid()` (the QEMU
+process, whose memory is read) and `close`. `control/libvirt.py` offers the same over
+libvirt's monitor passthrough."""
 
 import asyncio
 import atexit
 import json
+import os
 import threading
 from typing import Any
 
@@ -50,6 +56,17 @@ class QMP:
     def hmp(self, command_line: str) -> str:
         """Run a human-monitor command (for the few facts QMP has no command for)."""
         return self.execute("human-monitor-command", **{"command-line": command_line})
+
+    @property
+    def key(self) -> str:
+        """What names this VM on this host, whoever connects: its socket's real path."""
+        return os.path.realpath(self.socket_path)
+
+    def pid(self) -> int:
+        """The QEMU process behind the socket (its peer credentials)."""
+        from cloudvmi.control.discovery import qemu_pid
+
+        return qemu_pid(self.socket_path)
 
     def close(self) -> None:
         if self._loop.is_closed():

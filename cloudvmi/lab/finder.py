@@ -10,7 +10,7 @@ def _found(g: lab.LabGuest) -> Found:
                  g.meta.get("release", ""))
 
 
-def find(name: str) -> Found | None:
+def find(name: str, strict: bool = False) -> Found | None:
     try:
         g = lab.get(name)
     except CloudVMIError:

@@ -11,6 +11,7 @@ starve the others.
 
 import contextlib
 import json
+import os
 import signal
 import threading
 import time
@@ -369,7 +370,8 @@ def _dispatch(vm, cap: capability.Capability, args: dict, as_pid: int):
 
 def build_server(config: AgentConfig, audit: AuditLog,
                  metrics: AgentMetrics | None = None) -> tuple[grpc.Server, int, Registry]:
-    registry = Registry(["lab"] if config.lab else [], config.qmp_dirs)
+    finders = [name for name, on in (("lab", config.lab), ("libvirt", config.libvirt)) if on]
+    registry = Registry(finders, config.qmp_dirs)
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers),
@@ -400,6 +402,10 @@ def open_audit(config: AgentConfig) -> AuditLog:
 
 def serve(config: AgentConfig, ready=None, log_tls_denials: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then finish calls in flight (5 s) and detach from VMs."""
+    if config.libvirt_uri:  # what the libvirt finder and monitor connect to, in this process
+        from cloudvmi.control.libvirt import URI_ENV
+
+        os.environ[URI_ENV] = config.libvirt_uri
     audit = open_audit(config)
     if log_tls_denials and not config.insecure:
         from cloudvmi.remote import tlslog

@@ -32,6 +32,8 @@ AGENT_SETTINGS = {
     "audit_checkpoints": Setting(str, low=1),
     "audit_redact_args": Setting(bool),
     "lab": Setting(bool),
+    "libvirt": Setting(bool),
+    "libvirt_uri": Setting(str, low=1),
     "qmp_dirs": Setting(list, str, low=1),
     "max_message_bytes": Setting(int, low=MIN_MESSAGE_BYTES, high=MAX_MESSAGE_BYTES),
     "max_concurrent_rpcs": Setting(int, low=1, high=100_000),
@@ -77,6 +79,8 @@ class AgentConfig:
     audit_checkpoints: Path | None = None  # signed checkpoints; default <audit_log>.checkpoints
     audit_redact_args: bool = False  # record only the digest of each call's arguments
     lab: bool = True  # serve this host's lab guests
+    libvirt: bool = False  # serve the running domains of this host's libvirtd
+    libvirt_uri: str = ""  # its connection (default: the settings', else qemu:///system)
     qmp_dirs: list[Path] = field(default_factory=list)
     max_message_bytes: int = 8 << 20
     max_concurrent_rpcs: int = 64
@@ -146,6 +150,7 @@ def _build(agent: dict, rules: list[dict], base: Path, revoked: frozenset[int]
         audit_checkpoints=rel(agent.get("audit_checkpoints")),
         audit_redact_args=agent.get("audit_redact_args", False),
         lab=agent.get("lab", True),
+        libvirt=agent.get("libvirt", False), libvirt_uri=agent.get("libvirt_uri", ""),
         qmp_dirs=[rel(d) for d in agent.get("qmp_dirs", [])],
         max_message_bytes=agent.get("max_message_bytes", 8 << 20),
         max_concurrent_rpcs=agent.get("max_concurrent_rpcs", 64),

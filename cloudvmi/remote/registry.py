@@ -1,11 +1,12 @@
-"""The VMs a node's agent serves: those its finders know (the lab's guests) and QEMUs whose
-QMP sockets sit in the configured directories. Each is attached once, on first use, and used
-under its own lock (QMP and the gdbstub serve one client at a time).
+"""The VMs a node's agent serves: those its finders know (the lab's guests, libvirt's running
+domains) and QEMUs whose QMP sockets sit in the configured directories. Each is attached once,
+on first use, and used under its own lock (QMP and the gdbstub serve one client at a time).
 
-Locks and attached VMs are keyed by the real path of the VM's QMP socket, not by the name a
-client asked for: a VM reachable under two names (a symlinked socket) is still one VM with
-one lock. A name that resolves to no VM gets no lock, and a lock is kept only while it is
-held or its VM attached, so the table stays as small as the set of VMs in use.
+Locks and attached VMs are keyed by the real path of the VM's QMP socket (a libvirt domain:
+its UUID), not by the name a client asked for: a VM reachable under two names
+(a symlinked socket) is still one VM with one lock. A name that resolves to no VM gets no
+lock, and a lock is kept only while it is held or its VM attached, so the table stays as
+small as the set of VMs in use.
 """
 
 import contextlib
@@ -29,10 +30,10 @@ class UnknownVM(CloudVMIError):
 @dataclass
 class Entry:
     name: str
-    kind: str  # the finder's name ("lab") or "qmp"
+    kind: str  # the finder's name ("lab", "libvirt") or "qmp"
     target: str  # what attach() takes
     detail: str
-    socket: str = ""  # the real path of its QMP socket: the VM's key
+    socket: str = ""  # the real path of its QMP socket, or a finder's key: the VM's key
 
     @property
     def key(self) -> str:
@@ -46,7 +47,14 @@ def socket_key(path: str | Path) -> str:
 
 def _still_there(entry: Entry) -> bool:
     """Whether a resolved entry still holds: its socket is there and, for a socket found in
-    a directory, its path still leads to the same real socket."""
+    a directory, its path still leads to the same real socket; a VM with no socket (a
+    libvirt domain) is asked of its finder again."""
+    if entry.kind != "qmp" and not entry.socket.startswith("/"):
+        try:
+            found = discovery.find(entry.target, [entry.kind])
+        except CloudVMIError:
+            return False
+        return found is not None and found.vm_key == entry.socket
     path = entry.target if entry.kind == "qmp" else entry.socket
     try:
         if not stat.S_ISSOCK(os.stat(path).st_mode):
@@ -105,7 +113,7 @@ class Registry:
                     continue
         if self.finders:
             for f in discovery.running(self.finders):
-                found[f.name] = Entry(f.name, f.kind, f.name, f.detail, socket_key(f.qmp))
+                found[f.name] = Entry(f.name, f.kind, f.target, f.detail, f.vm_key)
         return sorted(found.values(), key=lambda e: e.name)
 
     def resolve(self, name: str) -> Entry:
@@ -167,7 +175,7 @@ class Registry:
         try:
             keys = [self.resolve(name).key]
         except UnknownVM:
-            keys = [k for k in list(self._vms) if not os.path.exists(k)]
+            keys = [k for k in list(self._vms) if k.startswith("/") and not os.path.exists(k)]
         for key in keys:
             self._forget(key)
 
