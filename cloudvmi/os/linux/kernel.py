@@ -45,6 +45,7 @@ class LocateStats:
 # many VMs of one build (an agent serving a collection of dumps) share one copy.
 _LOADED: OrderedDict[tuple[Path, str], tuple[Profile, bytes, BTF]] = OrderedDict()
 _LOADED_LOCK = threading.Lock()
+_WARMING = threading.Lock()
 MAX_LOADED = 8  # builds kept (a 7.x kernel's profile and types: tens of MiB)
 
 
@@ -155,6 +156,16 @@ def locate(phys: PhysicalMemory, cache_dir: Path | None = None, arch: Arch | Non
     arch = arch or arches.get()
     store = ProfileStore(cache_dir)
     start = time.perf_counter()
+    with _WARMING:  # VMs of one build attached at once load its profile once
+        kernel = _locate_warm(phys, arch, store, cache_dir, start)
+    if kernel is not None:
+        return kernel
+    return _locate_cold(phys, arch, store, types or TypeSources([]))
+
+
+def _locate_warm(phys: PhysicalMemory, arch: Arch, store: ProfileStore, cache_dir: Path | None,
+                 start: float) -> LinuxKernel | None:
+    """The kernel from a profile already loaded or in the store, or None."""
     shared = _in_memory(phys, arch, cache_dir, start)
     if shared is not None:
         return shared
@@ -182,7 +193,7 @@ def locate(phys: PhysicalMemory, cache_dir: Path | None = None, arch: Arch | Non
                 while len(_LOADED) > MAX_LOADED:
                     _LOADED.popitem(last=False)
         return kernel
-    return _locate_cold(phys, arch, store, types or TypeSources([]))
+    return None
 
 
 def _in_memory(phys: PhysicalMemory, arch: Arch, cache_dir: Path | None,
