@@ -373,6 +373,21 @@ def _attach_monitor(qmp, name: str, writable: bool, cache: Path | None,
     return VM(name, phys, qmp=qmp, profile_cache=cache, gdb_address=gdb_address)
 
 
+def attach_dump(path: str | Path, profile_cache: Path | None | str = "default") -> VM:
+    """A memory dump file, read-only, and nothing else: a path that is not a regular file
+    (a socket put there since it was listed) is refused, never attached as a live VM."""
+    cache = default_profile_cache() if profile_cache == "default" else (
+        Path(profile_cache) if profile_cache else None)
+    path = Path(path)
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as exc:
+        raise CloudVMIError(f"cannot open dump {path}: {exc.strerror}") from None
+    if not regular:
+        raise CloudVMIError(f"{path} is not a memory dump file")
+    return _attach_dump(path, cache)
+
+
 def _attach_dump(path: Path, cache: Path | None) -> VM:
     if is_elf_dump(path):
         phys, info = open_elf_dump(path)

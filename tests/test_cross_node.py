@@ -214,7 +214,8 @@ def test_fleet_listing_with_a_node_down(fleet):
         vms = subprocess.run([*cli, "vms", "--json"], capture_output=True, text=True,
                              env=fleet.client_env("ops"), timeout=120)
         listed = json.loads(vms.stdout)
-        assert listed["node1"] == [{"name": "web1", "kind": "qmp",
+        assert vms.returncode == 1  # node2 is down
+        assert listed["node1"] == [{"name": "web1", "kind": "qmp", "running": True,
                                     "detail": listed["node1"][0]["detail"]}]
         assert "error" in listed["node2"]
     finally:

@@ -6,7 +6,7 @@ import os
 import click
 
 from cloudvmi.cli.output import emit_json, table
-from cloudvmi.cli.views import run_or_exit, view_command
+from cloudvmi.cli.views import fleet_inventory, run_or_exit, view_command, with_fleet_options
 
 ANYWHERE = ("--connect",)  # options of the group also taken after the command's name
 
@@ -79,16 +79,19 @@ def main(symbols: str | None, libvirt_uri: str | None) -> None:
         os.environ[ENV] = os.pathsep.join(filter(None, (symbols, os.environ.get(ENV))))
 
 
+@with_fleet_options
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--local", is_flag=True,
               help="This host's running VMs (lab guests, libvirt domains) instead.")
-def vms(as_json: bool, local: bool) -> None:
-    """List the VMs of every node in the inventory."""
+def vms(as_json: bool, local: bool, nodes: str | None, srv: str | None, dns: str | None,
+        timeout: float | None) -> None:
+    """List the VMs of every node (the inventory's, --nodes, --srv), asked at once; a node
+    that does not answer gets a row of its own (and exit status 1). --local: this host's."""
+    failed = False
 
     def go() -> None:
-        from cloudvmi.remote.inventory import load
-
+        nonlocal failed
         if local:
             from cloudvmi.control import discovery
 
@@ -99,20 +102,26 @@ def vms(as_json: bool, local: bool) -> None:
             return table("VMs", ["VM", "KIND", "STATE", "DETAIL"],
                          [(f.target, f.kind, "running", f.detail) for f in found])
 
-        answers = load().fan_out(lambda node: node.vms())
+        answers = fleet_inventory(nodes, srv, dns, timeout).fan_out(lambda node: node.vms())
         rows, out = [], {}
         for node, answer in answers.items():
             if isinstance(answer, Exception):
+                failed = True
                 out[node] = {"error": str(answer)}
                 rows.append((f"?@{node}", "", "unreachable", str(answer)))
                 continue
-            out[node] = [{"name": v.name, "kind": v.kind, "detail": v.detail} for v in answer]
-            rows += [(f"{v.name}@{node}", v.kind, "running", v.detail) for v in answer]
+            listed = sorted(answer, key=lambda v: v.name)
+            out[node] = [{"name": v.name, "kind": v.kind, "running": v.running,
+                          "detail": v.detail} for v in listed]
+            rows += [(f"{v.name}@{node}", v.kind, "running" if v.running else "read-only",
+                      v.detail) for v in listed]
         if as_json:
             return emit_json(out)
         table("VMs", ["VM", "KIND", "STATE", "DETAIL"], rows)
 
     run_or_exit(go)
+    if failed:
+        raise SystemExit(1)
 
 
 from cloudvmi.cli import agent as _agent  # noqa: E402

@@ -81,10 +81,35 @@ def _params(cap: Capability) -> list[click.Parameter]:
     return out
 
 
+FLEET_OPTIONS = (
+    click.Option(["--nodes"], metavar="HOST:PORT,...",
+                 help="Nodes besides the inventory's (NAME=HOST:PORT to name one)."),
+    click.Option(["--srv"], metavar="NAME", help="Nodes from NAME's DNS SRV records."),
+    click.Option(["--dns"], metavar="HOST:PORT", help="The DNS server to ask for --srv."),
+    click.Option(["--timeout"], type=click.FloatRange(0.1, 3600), metavar="SECONDS",
+                 help="How long one node may take (default 30 s, or the inventory's)."),
+)
+
+
+def fleet_inventory(nodes: str | None, srv: str | None, dns: str | None,
+                    timeout: float | None):
+    """The inventory with the nodes the command line adds."""
+    from cloudvmi.remote.inventory import load
+
+    return load(nodes=nodes, srv=srv, dns=dns, timeout=timeout)
+
+
+def with_fleet_options(command: click.Command) -> click.Command:
+    command.params.extend(FLEET_OPTIONS)
+    return command
+
+
 def view_command(cap: Capability) -> click.Command:
-    def callback(vm: str | None, fleet: bool, as_json: bool, **args: Any) -> None:
+    def callback(vm: str | None, fleet: bool, as_json: bool, nodes: str | None,
+                 srv: str | None, dns: str | None, timeout: float | None, **args: Any) -> None:
         if fleet:
-            return run_or_exit(lambda: _fleet(cap, args, as_json))
+            return run_or_exit(lambda: _fleet(cap, args, as_json, fleet_inventory(
+                nodes, srv, dns, timeout)))
         if not vm:
             raise click.UsageError("name a VM, or use --all")
 
@@ -106,20 +131,19 @@ def view_command(cap: Capability) -> click.Command:
                            help="Every VM of every node in the inventory."),
               click.Option(["--json", "as_json"], is_flag=True,
                            help="Print JSON instead of a table.")]
-    return click.Command(cap.command, callback=callback, params=params, help=cap.doc)
+    return with_fleet_options(
+        click.Command(cap.command, callback=callback, params=params, help=cap.doc))
 
 
-def _fleet(cap: Capability, args: dict, as_json: bool) -> None:
-    """The view on every VM of every node, fetched concurrently; a node that fails gets its
-    own error and the others still answer (exit status 1 if any failed)."""
-    from cloudvmi.remote.inventory import load
+def _fleet(cap: Capability, args: dict, as_json: bool, inventory) -> None:
+    """The view on every VM of every node, fetched concurrently; a node or VM that fails
+    gets its own error line and the others still answer (exit status 1 if any failed).
+    Nodes, and each node's VMs, come in name order."""
+    from cloudvmi.remote.fleet import view_on_all
 
-    def on_node(node):
-        return {v.name: getattr(node.vm(v.name).linux, cap.name)(**args) for v in node.vms()}
-
-    answers = load().fan_out(on_node)
+    answers = view_on_all(inventory, cap.name, args)
     failed = False
-    out = {}
+    out: dict[str, Any] = {}
     for node, answer in answers.items():
         if isinstance(answer, Exception):
             failed = True
@@ -127,9 +151,16 @@ def _fleet(cap: Capability, args: dict, as_json: bool) -> None:
             if not as_json:
                 error(f"{node}: {answer}")
             continue
-        out[node] = answer
-        if not as_json:
-            for name, result in answer.items():
+        out[node] = {}
+        for name, result in answer.items():
+            if isinstance(result, Exception):
+                failed = True
+                out[node][name] = {"error": str(result)}
+                if not as_json:
+                    error(f"{name}@{node}: {result}")
+                continue
+            out[node][name] = result
+            if not as_json:
                 render(cap, f"{name}@{node}", result)
     if as_json:
         emit_json(out)

@@ -88,6 +88,20 @@ class AgentService(rpc.AgentServicer):
             _error(context, grpc.StatusCode.UNAVAILABLE, "AuditError",
                    f"the agent cannot record this call, so it is refused: {exc}")
 
+    def _refuse_if_dump(self, context, who: str, vm: str, op: str, args: dict) -> None:
+        """A dump is read-only: a change to it is refused (and recorded) before any of its
+        arguments are read."""
+        try:
+            read_only = self.registry.read_only(vm)
+        except UnknownVM as exc:
+            _error(context, grpc.StatusCode.NOT_FOUND, "UnknownVM", str(exc))
+        if read_only:
+            self._record(who, vm, op, args, "error", "refused: a memory dump is read-only",
+                         context)
+            self.metrics.calls.labels(op, "refused").inc()
+            _error(context, grpc.StatusCode.FAILED_PRECONDITION, "ReadOnlyVM",
+                   f"{vm} is a memory dump: read-only (views and memory reads only)")
+
     def _intent(self, context, who: str, vm: str, op: str, args: dict) -> Intent:
         """Record that a change starts, before it is made; none is made if this fails."""
         try:
@@ -161,7 +175,7 @@ class AgentService(rpc.AgentServicer):
     def ListVMs(self, request, context):
         who = self._identity(context)
         return pb.VMList(node=self.config.node, vms=[
-            pb.VMInfo(name=e.name, kind=e.kind, running=True, detail=e.detail)
+            pb.VMInfo(name=e.name, kind=e.kind, running=e.kind != "dump", detail=e.detail)
             for e in self.registry.discover() if self.config.allowed(who, e.name, "read")])
 
     def Invoke(self, request_iterator, context):
@@ -184,6 +198,8 @@ class AgentService(rpc.AgentServicer):
                    f"payload of {sum(sizes)} bytes over the {MAX_PAYLOAD}-byte limit")
         summary = {"args_json": first.args_json, "as_pid": first.as_pid}
         who = self._authorize(context, first.vm, cap.permission, cap.name, summary)
+        if cap.permission != "read" or cap.live:
+            self._refuse_if_dump(context, who, first.vm, cap.name, summary)
         # A large blob a capability takes as a stream is written as it arrives: only a
         # window of it is ever held, and only that counts against the caller's share.
         streamed = len(sizes) == 1 and sizes[0] > STREAM_ABOVE and _takes_stream(cap)
@@ -242,6 +258,7 @@ class AgentService(rpc.AgentServicer):
         argv, mode = _exec_request(context, first.args_json)
         summary = {"argv": argv, "as_pid": first.as_pid, "channel": mode}
         who = self._authorize(context, first.vm, "operate", "exec", summary)
+        self._refuse_if_dump(context, who, first.vm, "exec", summary)
         try:
             slot = self.limits.enter(who, 0)
         except LimitExceeded as exc:
@@ -371,7 +388,8 @@ def _dispatch(vm, cap: capability.Capability, args: dict, as_pid: int):
 def build_server(config: AgentConfig, audit: AuditLog,
                  metrics: AgentMetrics | None = None) -> tuple[grpc.Server, int, Registry]:
     finders = [name for name, on in (("lab", config.lab), ("libvirt", config.libvirt)) if on]
-    registry = Registry(finders, config.qmp_dirs)
+    registry = Registry(finders, config.qmp_dirs, config.dumps, config.max_dumps,
+                        config.dumps_attached)
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers),

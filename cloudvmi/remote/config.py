@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloudvmi.errors import CloudVMIError
-from cloudvmi.remote import certs, schema
+from cloudvmi.remote import certs, dumps, schema
 from cloudvmi.remote.schema import Setting
 
 PERMISSIONS = ("read", "write", "operate")  # views and reads; memory writes; guest operations
@@ -35,6 +35,9 @@ AGENT_SETTINGS = {
     "libvirt": Setting(bool),
     "libvirt_uri": Setting(str, low=1),
     "qmp_dirs": Setting(list, str, low=1),
+    "dumps": Setting(list, str, low=1),  # globs (or directories) of memory dump files
+    "max_dumps": Setting(int, low=1, high=100_000),
+    "dumps_attached": Setting(int, low=1, high=4096),
     "max_message_bytes": Setting(int, low=MIN_MESSAGE_BYTES, high=MAX_MESSAGE_BYTES),
     "max_concurrent_rpcs": Setting(int, low=1, high=100_000),
     "workers": Setting(int, low=1, high=1024),
@@ -82,6 +85,9 @@ class AgentConfig:
     libvirt: bool = False  # serve the running domains of this host's libvirtd
     libvirt_uri: str = ""  # its connection (default: the settings', else qemu:///system)
     qmp_dirs: list[Path] = field(default_factory=list)
+    dumps: list[str] = field(default_factory=list)  # globs of dump files served read-only
+    max_dumps: int = 1024  # dump files listed at most
+    dumps_attached: int = 16  # dumps kept attached at once (each maps its file)
     max_message_bytes: int = 8 << 20
     max_concurrent_rpcs: int = 64
     workers: int = 16
@@ -152,6 +158,9 @@ def _build(agent: dict, rules: list[dict], base: Path, revoked: frozenset[int]
         lab=agent.get("lab", True),
         libvirt=agent.get("libvirt", False), libvirt_uri=agent.get("libvirt_uri", ""),
         qmp_dirs=[rel(d) for d in agent.get("qmp_dirs", [])],
+        dumps=dumps.patterns([base / d for d in agent.get("dumps", [])]),
+        max_dumps=agent.get("max_dumps", 1024),
+        dumps_attached=agent.get("dumps_attached", 16),
         max_message_bytes=agent.get("max_message_bytes", 8 << 20),
         max_concurrent_rpcs=agent.get("max_concurrent_rpcs", 64),
         workers=agent.get("workers", 16),

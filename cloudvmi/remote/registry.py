@@ -1,6 +1,8 @@
 """The VMs a node's agent serves: those its finders know (the lab's guests, libvirt's running
-domains) and QEMUs whose QMP sockets sit in the configured directories. Each is attached once,
-on first use, and used under its own lock (QMP and the gdbstub serve one client at a time).
+domains), QEMUs whose QMP sockets sit in the configured directories, and memory dump files the
+configured globs match (read-only). Each is attached once, on first use, and used under its
+own lock (QMP and the gdbstub serve one client at a time). Attached dumps are bounded: past
+the bound, the one used least recently is detached (it is attached again when next asked for).
 
 Locks and attached VMs are keyed by the real path of the VM's QMP socket (a libvirt domain:
 its UUID), not by the name a client asked for: a VM reachable under two names
@@ -18,7 +20,8 @@ from pathlib import Path
 
 from cloudvmi.control import discovery
 from cloudvmi.errors import CloudVMIError
-from cloudvmi.vm import VM, attach
+from cloudvmi.remote import dumps
+from cloudvmi.vm import VM, attach, attach_dump
 
 NAMES_KEPT = 1024  # resolved names remembered; the memory is cleared when it is full
 
@@ -30,7 +33,7 @@ class UnknownVM(CloudVMIError):
 @dataclass
 class Entry:
     name: str
-    kind: str  # the finder's name ("lab", "libvirt") or "qmp"
+    kind: str  # the finder's name ("lab", "libvirt"), "qmp" or "dump"
     target: str  # what attach() takes
     detail: str
     socket: str = ""  # the real path of its QMP socket, or a finder's key: the VM's key
@@ -47,8 +50,10 @@ def socket_key(path: str | Path) -> str:
 
 def _still_there(entry: Entry) -> bool:
     """Whether a resolved entry still holds: its socket is there and, for a socket found in
-    a directory, its path still leads to the same real socket; a VM with no socket (a
-    libvirt domain) is asked of its finder again."""
+    a directory, its path still leads to the same real socket; a dump: its file is there; a
+    VM with no socket (a libvirt domain) is asked of its finder again."""
+    if entry.kind == dumps.KIND:
+        return dumps.still_there(entry.target)
     if entry.kind != "qmp" and not entry.socket.startswith("/"):
         try:
             found = discovery.find(entry.target, [entry.kind])
@@ -92,14 +97,21 @@ class _Held(contextlib.AbstractContextManager):
 
 
 class Registry:
-    def __init__(self, finders: list[str], qmp_dirs: list[Path]) -> None:
+    def __init__(self, finders: list[str], qmp_dirs: list[Path], dump_globs: list[str] = (),
+                 max_dumps: int = 1024, dumps_attached: int = 16) -> None:
         self.finders = finders
         self.qmp_dirs = qmp_dirs
+        self.dump_globs = list(dump_globs)
+        self.max_dumps = max_dumps  # files listed at most (a glob may match many more)
+        self.dumps_attached = dumps_attached  # dumps kept attached at once
+        self.dumps_over = False  # the globs matched more files than max_dumps
         self._vms: dict[str, VM] = {}  # by socket key
         self._slots: dict[str, _Slot] = {}  # by socket key
         self._names: dict[str, Entry] = {}  # names resolved before (at most NAMES_KEPT)
         self._guard = threading.Lock()
         self._local = threading.local()
+        self._dump_use: dict[str, int] = {}  # attached dump key -> when last used (a count)
+        self._uses = 0
 
     def discover(self) -> list[Entry]:
         found: dict[str, Entry] = {}
@@ -114,7 +126,17 @@ class Registry:
         if self.finders:
             for f in discovery.running(self.finders):
                 found[f.name] = Entry(f.name, f.kind, f.target, f.detail, f.vm_key)
+        if self.dump_globs:  # a dump never takes a running VM's name
+            files, self.dumps_over = dumps.find(self.dump_globs, self.max_dumps,
+                                                frozenset(found))
+            for d in files:
+                found[d.name] = Entry(d.name, dumps.KIND, d.path,
+                                      f"read-only memory dump, {d.size >> 20} MiB")
         return sorted(found.values(), key=lambda e: e.name)
+
+    def read_only(self, name: str) -> bool:
+        """Whether NAME is a dump (UnknownVM if no VM has that name)."""
+        return self.resolve(name).kind == dumps.KIND
 
     def resolve(self, name: str) -> Entry:
         """The VM NAME names now (the one this thread holds the lock of, if it does). A name
@@ -150,7 +172,21 @@ class Registry:
         """The attached VM (call with its lock held)."""
         entry = self.resolve(name)
         vm = self._vms.get(entry.key)
+        if entry.kind == dumps.KIND:
+            with self._guard:
+                self._uses += 1
+                self._dump_use[entry.key] = self._uses
         if vm is not None:
+            return vm
+        if entry.kind == dumps.KIND:
+            self._evict_dumps(keep=self.dumps_attached - 1)
+            try:
+                vm = attach_dump(entry.target)
+            except BaseException:
+                self._dump_use.pop(entry.key, None)
+                raise
+            vm.name = name
+            self._vms[entry.key] = vm
             return vm
         vm = attach(entry.target, writable=True, finders=self.finders)
         vm.name = name
@@ -164,6 +200,25 @@ class Registry:
 
     def attached(self) -> int:
         return len(self._vms)
+
+    def _evict_dumps(self, keep: int) -> None:
+        """Detach the dumps used least recently until at most KEEP stay attached; a dump in
+        use (its lock held by another call) stays."""
+        with self._guard:
+            attached = sorted((used, key) for key, used in self._dump_use.items()
+                              if key in self._vms)
+        held = {e.key for e in self._held_entries().values()}
+        for _, key in attached[:max(0, len(attached) - keep)]:
+            if key in held:
+                continue
+            with self._guard:
+                slot = self._slots.setdefault(key, _Slot(threading.Lock()))
+                slot.users += 1
+            if not slot.lock.acquire(blocking=False):
+                self._release(key, slot, locked=False)
+                continue
+            self._forget(key)
+            self._release(key, slot, locked=True)
 
     def locks(self) -> int:
         """How many VM locks are kept (held, waited for, or of an attached VM)."""
@@ -190,6 +245,7 @@ class Registry:
 
     def _forget(self, key: str) -> None:
         vm = self._vms.pop(key, None)
+        self._dump_use.pop(key, None)
         with self._guard:  # an unused lock of a VM no longer attached is not kept
             slot = self._slots.get(key)
             if slot is not None and slot.users == 0:

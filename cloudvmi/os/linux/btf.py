@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import struct
 import sys
+import threading
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -36,6 +37,7 @@ MAX_NAME_OFFSET = 0x00FFFFFF  # BTF_MAX_NAME_OFFSET
 MAX_BLOB_SIZE = 256 << 20  # far above any real kernel (6.12 vmlinux: ~5 MB)
 MAX_FLAT_FIELDS = 1 << 16  # bound on a struct's members once anonymous ones are flattened
 POINTER_SIZE = 8
+_SYNTHESIS = threading.Lock()  # pointer types made up on demand get one id each
 
 
 class Kind(IntEnum):
@@ -732,19 +734,24 @@ class BTF:
     def pointer_to(self, tid: int) -> int:
         """Id of a pointer to TID: one from the blob, else a synthetic one (ids past the end)."""
         self._check_id(tid)
-        if self._pointers is None:
-            w, starts = self._words, self._starts
-            ptrs: dict[int, int] = {}
-            for i in range(len(starts) - 1, 0, -1):  # backwards: the lowest id wins
-                p = starts[i]
-                if (w[p + 1] >> 24) & 0x1F == Kind.PTR:
-                    ptrs[w[p + 2]] = i
-            self._pointers = ptrs
-        ptr = self._pointers.get(tid)
-        if ptr is None:
-            ptr = len(self._starts) + len(self._synthetic)
-            self._synthetic[ptr] = BtfType(ptr, Kind.PTR, "", type_id=tid)
-            self._pointers[tid] = ptr
+        pointers = self._pointers
+        ptr = None if pointers is None else pointers.get(tid)
+        if ptr is not None:
+            return ptr
+        with _SYNTHESIS:  # one BTF may serve several VMs' threads (VMs of the same build)
+            if self._pointers is None:
+                w, starts = self._words, self._starts
+                ptrs: dict[int, int] = {}
+                for i in range(len(starts) - 1, 0, -1):  # backwards: the lowest id wins
+                    p = starts[i]
+                    if (w[p + 1] >> 24) & 0x1F == Kind.PTR:
+                        ptrs[w[p + 2]] = i
+                self._pointers = ptrs
+            ptr = self._pointers.get(tid)
+            if ptr is None:
+                ptr = len(self._starts) + len(self._synthetic)
+                self._synthetic[ptr] = BtfType(ptr, Kind.PTR, "", type_id=tid)
+                self._pointers[tid] = ptr
         return ptr
 
     def type_name(self, tid: int) -> str:

@@ -11,7 +11,9 @@ banner offset (2 MiB-aligned slots), then the virtual slide from the kernel's ow
 """
 
 import struct
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +38,15 @@ class LocateStats:
 
     warm: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
-    how: str = ""  # "vmcoreinfo", "scan" or "cached profile"
+    how: str = ""  # "vmcoreinfo", "scan", "cached profile" or "profile in memory"
+
+
+# Profiles this process has loaded from a store, with their parsed types, by (store, build):
+# many VMs of one build (an agent serving a collection of dumps) share one copy.
+_LOADED: OrderedDict[tuple[Path, str], tuple[Profile, bytes, BTF]] = OrderedDict()
+_LOADED_LOCK = threading.Lock()
+_WARMING = threading.Lock()
+MAX_LOADED = 8  # builds kept (a 7.x kernel's profile and types: tens of MiB)
 
 
 class LinuxKernel:
@@ -146,6 +156,19 @@ def locate(phys: PhysicalMemory, cache_dir: Path | None = None, arch: Arch | Non
     arch = arch or arches.get()
     store = ProfileStore(cache_dir)
     start = time.perf_counter()
+    with _WARMING:  # VMs of one build attached at once load its profile once
+        kernel = _locate_warm(phys, arch, store, cache_dir, start)
+    if kernel is not None:
+        return kernel
+    return _locate_cold(phys, arch, store, types or TypeSources([]))
+
+
+def _locate_warm(phys: PhysicalMemory, arch: Arch, store: ProfileStore, cache_dir: Path | None,
+                 start: float) -> LinuxKernel | None:
+    """The kernel from a profile already loaded or in the store, or None."""
+    shared = _in_memory(phys, arch, cache_dir, start)
+    if shared is not None:
+        return shared
     for meta, base in store.candidates():
         try:
             banner = meta["banner"].encode("latin-1")
@@ -163,8 +186,36 @@ def locate(phys: PhysicalMemory, cache_dir: Path | None = None, arch: Arch | Non
         if profile.btf_offset >= 0 and (
                 phys.read(text_phys + profile.btf_offset, 24) != btf_blob[:24]):
             continue
-        return _finish(phys, arch, profile, btf_blob, text_phys, None, stats)
-    return _locate_cold(phys, arch, store, types or TypeSources([]))
+        kernel = _finish(phys, arch, profile, btf_blob, text_phys, None, stats)
+        if profile.types_source == MEMORY:
+            with _LOADED_LOCK:
+                _LOADED[(cache_dir, profile.key)] = (profile, btf_blob, kernel.btf)
+                while len(_LOADED) > MAX_LOADED:
+                    _LOADED.popitem(last=False)
+        return kernel
+    return None
+
+
+def _in_memory(phys: PhysicalMemory, arch: Arch, cache_dir: Path | None,
+               start: float) -> LinuxKernel | None:
+    """The kernel, warm from a profile this process already loaded from CACHE_DIR and whose
+    banner and BTF this memory holds where the profile says; its types are shared."""
+    if cache_dir is None:
+        return None
+    with _LOADED_LOCK:
+        loaded = [(key, v) for key, v in reversed(_LOADED.items()) if key[0] == cache_dir]
+    for key, (profile, blob, btf) in loaded:
+        text_phys = _load_slot(phys, arch, (profile.banner_offset, profile.banner))
+        if text_phys is None or (profile.btf_offset >= 0 and phys.read(
+                text_phys + profile.btf_offset, 24) != blob[:24]):
+            continue
+        stats = LocateStats(warm=True, how="profile in memory")
+        stats.seconds["find_load_address"] = time.perf_counter() - start
+        with _LOADED_LOCK:
+            if key in _LOADED:
+                _LOADED.move_to_end(key)
+        return _finish(phys, arch, profile, blob, text_phys, None, stats, btf)
+    return None
 
 
 def _load_slot(phys: PhysicalMemory, arch: Arch, *checks: tuple[int, bytes]) -> int | None:
@@ -373,9 +424,10 @@ def _read_banner(phys: PhysicalMemory, paddr: int) -> bytes:
 
 
 def _finish(phys: PhysicalMemory, arch: Arch, profile: Profile, btf_blob: bytes,
-            text_phys: int, text_virt: int | None, stats: LocateStats) -> LinuxKernel:
+            text_phys: int, text_virt: int | None, stats: LocateStats,
+            btf: BTF | None = None) -> LinuxKernel:
     t0 = time.perf_counter()
-    btf = BTF.from_bytes(btf_blob)
+    btf = btf or BTF.from_bytes(btf_blob)
     stats.seconds["btf_parse"] = time.perf_counter() - t0
     levels = _paging_levels(phys, arch, text_phys, profile)
     pgd_off = profile.offset("init_top_pgt")
