@@ -90,11 +90,12 @@ class AgentService(rpc.AgentServicer):
 
     def _refuse_if_dump(self, context, who: str, vm: str, op: str, args: dict) -> None:
         """A dump is read-only: a change to it is refused (and recorded) before any of its
-        arguments are read."""
+        arguments are read. A name no VM has is left to the call itself (looked up after its
+        intent is recorded, as for any VM)."""
         try:
             read_only = self.registry.read_only(vm)
-        except UnknownVM as exc:
-            _error(context, grpc.StatusCode.NOT_FOUND, "UnknownVM", str(exc))
+        except UnknownVM:
+            return
         if read_only:
             self._record(who, vm, op, args, "error", "refused: a memory dump is read-only",
                          context)

@@ -30,8 +30,10 @@ class Revocations:
         self._serials: frozenset[int] | None = config.revoked  # None: refuse everyone
 
     def _stat(self) -> tuple | None:
+        if self.config.crl is None:
+            return None
         try:
-            st = os.stat(self.config.crl)  # type: ignore[arg-type]
+            st = os.stat(self.config.crl)
         except OSError:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
