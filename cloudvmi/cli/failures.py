@@ -24,9 +24,10 @@ INTERNAL = 70
 _debug = False
 
 
-def set_debug(on: bool) -> None:
+def set_debug(on: bool, reset: bool = False) -> None:
+    """--debug: a flag set anywhere stays set for this run."""
     global _debug
-    _debug = _debug or bool(on)
+    _debug = bool(on) if reset else _debug or bool(on)
 
 
 def debugging() -> bool:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cloudvmi.cli import failures
+from cloudvmi.cli import failures, output
 from cloudvmi.cli.output import emit_json, table, wide_option
 from cloudvmi.cli.views import run_or_exit, view_command
 
@@ -32,6 +32,8 @@ class Commands(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
         """Every failure as one `error: ...` line and a nonzero exit (see cli.failures)."""
+        output.settings.wide = False  # each run starts afresh (tests run many in one process)
+        failures.set_debug(False, reset=True)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
         sys.exit(failures.guarded(lambda: super(Commands, self).main(
@@ -51,7 +53,7 @@ def _symbols(ctx: click.Context, param: click.Parameter, value: str | None) -> s
     return value
 
 
-@click.group(cls=Commands)
+@click.group(cls=Commands, name="cloudvmi")
 @click.version_option(package_name="cloudvmi")
 @click.option("--symbols", metavar="PATH", callback=_symbols,
               help="Types for guest kernels built without BTF: a BTF file, a Volatility 3 "
