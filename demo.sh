@@ -30,7 +30,7 @@ $cvmi routes "$name"
 $cvmi integrity-checks "$name"
 echo
 echo "Host programs run against the guest (their system calls on guest state made inside it):"
-$cvmi exec "$name" -- uname -a
+$cvmi exec "$name" -- uname -snrm
 $cvmi exec "$name" --channel persistent -- ls -la /etc
 echo
 echo "Hidden processes, modules, sockets and kernel tampering, by comparing views:"

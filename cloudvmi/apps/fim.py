@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -24,6 +25,8 @@ TAR_TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE:
              tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo"}
 COMPARED = ("type", "mode", "uid", "gid", "size", "sha256", "link")
 TIMEOUT = 3600.0
+Progress = Callable[[int, int | None], None]
+"""progress(files done, files in all; None while tar still reads them in the guest)."""
 
 
 @dataclass
@@ -92,13 +95,18 @@ def _archive(vm, paths: list[str], channel: str = "stop") -> bytes:
     return r.stdout
 
 
-def scan(vm, paths: list[str], store: Path | None = None,
-         channel: str = "stop") -> dict[str, Entry]:
+def scan(vm, paths: list[str], store: Path | None = None, channel: str = "stop",
+         progress: Progress | None = None) -> dict[str, Entry]:
     """Every file under PATHS with its metadata and hash; contents into STORE if given.
     CHANNEL "persistent" reads through a guest helper (faster for many small files)."""
     files: dict[str, Entry] = {}
+    report = progress or (lambda done, total: None)
+    report(0, None)
     with tarfile.open(fileobj=io.BytesIO(_archive(vm, paths, channel)), mode="r:") as tar:
-        for member in tar:
+        members = tar.getmembers()
+        report(0, len(members))
+        for done, member in enumerate(members, start=1):
+            report(done - 1, len(members))
             path = "/" + member.name.rstrip("/")
             entry = Entry(TAR_TYPES.get(member.type, "other"), member.mode, member.uid,
                           member.gid, member.size if member.isfile() else 0,
@@ -114,14 +122,16 @@ def scan(vm, paths: list[str], store: Path | None = None,
                         blob.parent.mkdir(parents=True, exist_ok=True)
                         blob.write_bytes(data)
             files[path] = entry
+        report(len(members), len(members))
     return files
 
 
-def baseline(vm, name: str, paths: list[str], out: Path, channel: str = "stop") -> Baseline:
+def baseline(vm, name: str, paths: list[str], out: Path, channel: str = "stop",
+             progress: Progress | None = None) -> Baseline:
     store = store_of(out)
     store.mkdir(parents=True, exist_ok=True)
     b = Baseline(name, _absolute(paths), dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                 scan(vm, paths, store, channel))
+                 scan(vm, paths, store, channel, progress))
     b.save(out)
     return b
 
@@ -141,9 +151,10 @@ def compare(before: dict[str, Entry], after: dict[str, Entry]) -> list[Change]:
     return changes
 
 
-def check(vm, baseline_path: Path, channel: str = "stop") -> list[Change]:
+def check(vm, baseline_path: Path, channel: str = "stop",
+          progress: Progress | None = None) -> list[Change]:
     b = Baseline.load(baseline_path)
-    return compare(b.files, scan(vm, b.paths, channel=channel))
+    return compare(b.files, scan(vm, b.paths, channel=channel, progress=progress))
 
 
 def _under(path: str, roots: list[str]) -> bool:
@@ -151,13 +162,14 @@ def _under(path: str, roots: list[str]) -> bool:
 
 
 def restore(vm, baseline_path: Path, only: list[str] | None = None,
-            channel: str = "stop") -> list[Change]:
+            channel: str = "stop", progress: Progress | None = None) -> list[Change]:
     """Put the guest back as the baseline says (under ONLY, if given): changed and removed
     files rewritten from the store with their modes and owners, added ones removed. The
     changes that were undone."""
     b = Baseline.load(baseline_path)
     roots = _absolute(only or [])
-    changes = [c for c in compare(b.files, scan(vm, b.paths, channel=channel))
+    changes = [c for c in compare(b.files, scan(vm, b.paths, channel=channel,
+                                                 progress=progress))
                if _under(c.path, roots)]
     write = [c for c in changes if c.kind in ("changed", "removed")]
     if write:

@@ -233,12 +233,15 @@ class Guard:
         return self.events.emit(Event("guard", target.name, kind, rule, detail, target.node))
 
     # -- many VMs -------------------------------------------------------------------------
-    def once(self, targets: list[Target]) -> list[Event]:
+    def once(self, targets: list[Target], progress=None) -> list[Event]:
+        """Check each target once; PROGRESS(done, total), if given, after each."""
         out = []
         if self.metrics:
             self.metrics.vms.set(len(targets))
-        for target, vm in each(targets):
+        for done, (target, vm) in enumerate(each(targets), start=1):
             out += self.check(target, vm)
+            if progress is not None:
+                progress(done, len(targets))
         return out
 
     def watch(self, targets: list[Target], interval: float, rounds: int | None = None,

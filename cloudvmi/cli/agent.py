@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from cloudvmi.cli.output import console, error
+from cloudvmi.cli.output import error, say
 from cloudvmi.errors import CloudVMIError
 
 
@@ -26,9 +26,9 @@ def serve(config_path: str) -> None:
 
     try:
         cfg = config.load(config_path)
-        agent_mod.serve(cfg, log_tls_denials=True, ready=lambda port: console.print(
+        agent_mod.serve(cfg, log_tls_denials=True, ready=lambda port: say(
             f"agent {cfg.node} listening on {cfg.listen.rsplit(':', 1)[0]}:{port} "
-            f"({'PLAINTEXT' if cfg.insecure else 'mutual TLS'})", highlight=False))
+            f"({'PLAINTEXT' if cfg.insecure else 'mutual TLS'})"))
     except CloudVMIError as exc:
         error(exc)
         sys.exit(1)

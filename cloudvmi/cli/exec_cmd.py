@@ -4,13 +4,15 @@ import sys
 
 import click
 
+from cloudvmi.cli.complete import VM_NAME
+from cloudvmi.cli.output import say
 from cloudvmi.cli.views import open_vm, run_or_exit
 from cloudvmi.write.operations import CHANNEL_MODES
 from cloudvmi.write.recipes.run import TIMEOUT
 
 
 @click.command("exec")
-@click.argument("vm")
+@click.argument("vm", **VM_NAME)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--timeout", type=click.FloatRange(TIMEOUT.low, TIMEOUT.high), default=300.0,
               show_default=True, help="Seconds before the program is killed.")
@@ -34,7 +36,7 @@ def exec_command(vm: str, command: tuple[str, ...], timeout: float, cwd: str, ch
 
     result = run_or_exit(go)
     if stats:
-        print(f"cloudvmi exec: {result.resumes} guest resumes, {result.guest_calls} guest "
-              f"calls, {result.stops} stops, {result.seconds * 1000:.0f} ms"
-              + (" (timed out)" if result.timed_out else ""), file=sys.stderr)
+        say(f"cloudvmi exec: {result.resumes} guest resumes, {result.guest_calls} guest "
+            f"calls, {result.stops} stops, {result.seconds * 1000:.0f} ms"
+            + (" (timed out)" if result.timed_out else ""), err=True)
     sys.exit(result.status)

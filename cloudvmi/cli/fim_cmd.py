@@ -5,7 +5,9 @@ from pathlib import Path
 
 import click
 
-from cloudvmi.cli.output import emit_json, table
+from cloudvmi.cli.complete import VM_NAME
+from cloudvmi.cli.output import emit_json, say, table, wide_option
+from cloudvmi.cli.progress import Progress
 from cloudvmi.cli.views import run_or_exit
 from cloudvmi.write.operations import CHANNEL_MODES
 
@@ -19,7 +21,7 @@ def fim() -> None:
 
 
 @fim.command()
-@click.argument("vm")
+@click.argument("vm", **VM_NAME)
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The baseline (JSON); its content store goes beside it in OUTPUT.d/.")
@@ -31,11 +33,11 @@ def baseline(vm: str, paths: tuple[str, ...], output: Path, channel: str) -> Non
 
     def go():
         (target,) = resolve([vm])
-        with target.open() as v:
-            return app.baseline(v, vm, list(paths), output, channel)
+        with target.open() as v, Progress(f"baseline of {vm}") as progress:
+            return app.baseline(v, vm, list(paths), output, channel, progress.report)
 
     b = run_or_exit(go)
-    click.echo(f"{len(b.files)} files of {vm} recorded in {output}")
+    say(f"{len(b.files)} files of {vm} recorded in {output}")
 
 
 def _report(changes, as_json: bool, vm: str, events) -> None:
@@ -57,6 +59,7 @@ def _report(changes, as_json: bool, vm: str, events) -> None:
 @click.option("--events", "events_to", metavar="FILE|-", help="One JSON line per change.")
 @click.option("--json", "as_json", is_flag=True)
 @_channel
+@wide_option
 def check(baseline_file: Path, vms: tuple[str, ...], every: bool, events_to: str | None,
           as_json: bool, channel: str) -> None:
     """Report added, removed and changed files against the baseline: of the VM it was taken
@@ -70,11 +73,13 @@ def check(baseline_file: Path, vms: tuple[str, ...], every: bool, events_to: str
         names = list(vms) or ([] if every else [base.vm])
         events = stdout_or(events_to)
         found = 0
+        targets = resolve(names, every)
         try:
-            for target, v in each(resolve(names, every)):
-                changes = app.compare(base.files, app.scan(v, base.paths, channel=channel))
-                _report(changes, as_json, target.name, events)
-                found += len(changes)
+            with Progress("fim check", hide=as_json) as progress:
+                for target, v in progress.over(each(targets), len(targets)):
+                    changes = app.compare(base.files, app.scan(v, base.paths, channel=channel))
+                    _report(changes, as_json, target.name, events)
+                    found += len(changes)
         finally:
             events.close()
         return found
@@ -84,9 +89,10 @@ def check(baseline_file: Path, vms: tuple[str, ...], every: bool, events_to: str
 
 @fim.command()
 @click.argument("baseline_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("vm", required=False)
+@click.argument("vm", required=False, **VM_NAME)
 @click.option("--path", "only", multiple=True, help="Restore only under this path (repeat).")
 @_channel
+@wide_option
 def restore(baseline_file: Path, vm: str | None, only: tuple[str, ...], channel: str) -> None:
     """Write back content and metadata of changed and removed files, remove added ones."""
     from cloudvmi.apps import fim as app
@@ -94,8 +100,8 @@ def restore(baseline_file: Path, vm: str | None, only: tuple[str, ...], channel:
 
     def go():
         (target,) = resolve([vm or app.Baseline.load(baseline_file).vm])
-        with target.open() as v:
-            return app.restore(v, baseline_file, list(only), channel)
+        with target.open() as v, Progress(f"scan of {target.name}") as progress:
+            return app.restore(v, baseline_file, list(only), channel, progress.report)
 
     undone = run_or_exit(go)
     table("Restored", ["KIND", "PATH"], ((c.kind, c.path) for c in undone))

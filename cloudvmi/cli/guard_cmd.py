@@ -6,10 +6,12 @@ import threading
 
 import click
 
-from cloudvmi.cli.output import emit_json, table
+from cloudvmi.cli.complete import VM_NAME
+from cloudvmi.cli.output import emit_json, table, wide_option
+from cloudvmi.cli.progress import Progress
 from cloudvmi.cli.views import run_or_exit
 
-_targets = click.argument("vms", nargs=-1)
+_targets = click.argument("vms", nargs=-1, **VM_NAME)
 _every = click.option("--all", "every", is_flag=True, help="Every VM of every inventory node.")
 _events = click.option("--events", "events_to", metavar="FILE|-",
                        help="Write one JSON line per finding or action (- for stdout).")
@@ -26,6 +28,7 @@ def guard() -> None:
 @_every
 @_events
 @click.option("--json", "as_json", is_flag=True, help="Print the events as JSON.")
+@wide_option
 def once(policy: str, vms: tuple[str, ...], every: bool, events_to: str | None,
          as_json: bool) -> None:
     """Check each VM once and act on what matches."""
@@ -34,9 +37,11 @@ def once(policy: str, vms: tuple[str, ...], every: bool, events_to: str | None,
     from cloudvmi.apps.targets import resolve
 
     def go():
+        rules, targets = Policy.load(policy), resolve(list(vms), every)
         events = stdout_or(events_to)
         try:
-            return Guard(Policy.load(policy), events).once(resolve(list(vms), every))
+            with Progress("guard", hide=as_json or events_to == "-") as progress:
+                return Guard(rules, events).once(targets, progress.report)
         finally:
             events.close()
 

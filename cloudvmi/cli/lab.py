@@ -4,8 +4,11 @@ import sys
 import time
 
 import click
+from click.shell_completion import CompletionItem
+from rich.text import Text
 
-from cloudvmi.cli.output import console, emit_json, error, table
+from cloudvmi.cli.output import emit_json, error, say, table, wide_option
+from cloudvmi.cli.progress import status
 from cloudvmi.errors import CloudVMIError
 from cloudvmi.lab import guest as lab_guest
 from cloudvmi.lab.kernels import FLAVOURS
@@ -14,6 +17,15 @@ from cloudvmi.lab.kernels import FLAVOURS
 def _fail(exc: Exception) -> None:
     error(exc)
     sys.exit(1)
+
+
+def _guest_names(ctx: click.Context, param: click.Parameter,
+                 incomplete: str) -> list[CompletionItem]:
+    try:
+        return [CompletionItem(g.name) for g in lab_guest.list_guests()
+                if g.name.startswith(incomplete)]
+    except (CloudVMIError, OSError, ValueError):
+        return []
 
 
 @click.group()
@@ -45,7 +57,7 @@ def up(name: str, kernel: str, flavour: str, mem: str, smp: int, paging: str, ex
     """Boot lab guest NAME and wait until its workload runs."""
     start = time.monotonic()
     try:
-        with console.status(f"Booting {name} (Linux {kernel} {flavour})…"):
+        with status(f"Booting {name} (Linux {kernel} {flavour})…", hide=as_json):
             g = lab_guest.up(name, kernel=kernel, flavour=flavour, mem=mem, smp=smp,
                              paging=int(paging), extra_procs=extra_procs, accel=accel,
                              shm=shm, busy=busy)
@@ -53,12 +65,13 @@ def up(name: str, kernel: str, flavour: str, mem: str, smp: int, paging: str, ex
         _fail(exc)
     if as_json:
         return emit_json(g.meta)
-    console.print(f"[green]{name}[/green] is up: Linux {g.meta['release']}, pid {g.pid}, "
-                  f"{g.meta['accel']}, {time.monotonic() - start:.1f} s")
+    say(Text(name, style="green"), f" is up: Linux {g.meta['release']}, pid {g.pid}, "
+        f"{g.meta['accel']}, {time.monotonic() - start:.1f} s")
 
 
 @lab.command(name="ls")
 @click.option("--json", "as_json", is_flag=True)
+@wide_option
 def ls_(as_json: bool) -> None:
     """List lab guests."""
     guests = lab_guest.list_guests()
@@ -73,7 +86,7 @@ def ls_(as_json: bool) -> None:
 
 
 @lab.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=_guest_names)
 def down(names: tuple[str, ...]) -> None:
     """Stop lab guests and remove their files."""
     for name in names:
@@ -81,19 +94,22 @@ def down(names: tuple[str, ...]) -> None:
             lab_guest.down(name)
         except CloudVMIError as exc:
             _fail(exc)
-        console.print(f"{name} stopped")
+        say(f"{name} stopped")
 
 
 @lab.command(name="console", context_settings={"ignore_unknown_options": True})
-@click.argument("name")
+@click.argument("name", shell_complete=_guest_names)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--timeout", default=60.0, show_default=True)
 def console_(name: str, command: tuple[str, ...], timeout: float) -> None:
     """Run COMMAND in guest NAME's shell over its serial console: lab console NAME -- CMD."""
     try:
-        status, out = lab_guest.get(name).console.run(" ".join(command), timeout=timeout)
+        guest = lab_guest.get(name)
+        if not guest.running():
+            raise CloudVMIError(f"lab guest {name!r} is not running (see `cloudvmi lab ls`)")
+        code, out = guest.console.run(" ".join(command), timeout=timeout)
     except CloudVMIError as exc:
         _fail(exc)
     sys.stdout.write(out)
-    sys.exit(status)
+    sys.exit(code)
 

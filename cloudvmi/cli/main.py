@@ -2,10 +2,12 @@
 guest operations, the fleet, the agent and the lab."""
 
 import os
+import sys
 
 import click
 
-from cloudvmi.cli.output import emit_json, table
+from cloudvmi.cli import failures, output
+from cloudvmi.cli.output import emit_json, table, wide_option
 from cloudvmi.cli.views import fleet_inventory, run_or_exit, view_command, with_fleet_options
 
 ANYWHERE = ("--connect",)  # options of the group also taken after the command's name
@@ -54,20 +56,49 @@ class Commands(click.Group):
             command = view_command(cap) if cap else None
         return command
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        """Every failure as one `error: ...` line and a nonzero exit (see cli.failures)."""
+        output.settings.wide = False  # each run starts afresh (tests run many in one process)
+        failures.set_debug(False, reset=True)
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        sys.exit(failures.guarded(lambda: super(Commands, self).main(
+            args, prog_name or "cloudvmi", complete_var, False, **extra)))
 
-@click.group(cls=Commands)
+
+def _symbols(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--symbols must name something that can hold types: checked now, not when a kernel
+    without BTF first needs it."""
+    if value:
+        from cloudvmi.os.linux.typesource import check_path
+
+        try:
+            check_path(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+    return value
+
+
+@click.group(cls=Commands, name="cloudvmi")
 @click.version_option(package_name="cloudvmi")
-@click.option("--symbols", metavar="PATH", help="Types for guest kernels built without BTF: "
-              "a BTF file, a Volatility 3 ISF, a vmlinux, or a directory of them "
-              "(also $CLOUDVMI_SYMBOLS).")
+@click.option("--symbols", metavar="PATH", callback=_symbols,
+              help="Types for guest kernels built without BTF: a BTF file, a Volatility 3 "
+              "ISF, a vmlinux, or a directory of them (also $CLOUDVMI_SYMBOLS).")
 @click.option("--connect", "libvirt_uri", metavar="URI",
               help="The libvirt connection for libvirt:NAME domains (default qemu:///system; "
               "also $CLOUDVMI_LIBVIRT_URI or libvirt_uri in the settings).")
+@wide_option
+@click.option("--debug", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, param, value: failures.set_debug(value),
+              help="On an error, print its traceback too (also CLOUDVMI_DEBUG=1).")
 def main(symbols: str | None, libvirt_uri: str | None) -> None:
     """CloudVMI: introspect and change QEMU/KVM guests from outside, with no agent inside.
 
     VM is a lab guest's name, a libvirt domain's (libvirt:NAME), a QMP socket path, a memory
     dump file, or VM@NODE.
+    Shell completion: eval "$(_CLOUDVMI_COMPLETE=bash_source cloudvmi)" (or zsh_source,
+    fish_source).
     """
     if libvirt_uri:
         from cloudvmi.control.libvirt import URI_ENV
@@ -84,6 +115,7 @@ def main(symbols: str | None, libvirt_uri: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--local", is_flag=True,
               help="This host's running VMs (lab guests, libvirt domains) instead.")
+@wide_option
 def vms(as_json: bool, local: bool, nodes: str | None, srv: str | None, dns: str | None,
         timeout: float | None) -> None:
     """List the VMs of every node (the inventory's, --nodes, --srv), asked at once; a node
@@ -147,4 +179,4 @@ for _command in _ops.COMMANDS:
     main.add_command(_command)
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="cloudvmi")

@@ -6,14 +6,26 @@ from pathlib import Path
 
 import click
 
-from cloudvmi.cli.output import console, emit_json, literal, table
+from cloudvmi.cli.complete import VM_NAME
+from cloudvmi.cli.output import emit_json, say, table, wide_option
+from cloudvmi.cli.progress import Progress
 from cloudvmi.cli.views import open_vm, run_or_exit
 from cloudvmi.stream import ByteStream
+from cloudvmi.write.recipes.common import MAX_FILE
 from cloudvmi.write.recipes.run import TIMEOUT
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 as_pid = click.option("--as-pid", type=int, default=None,
                       help="Run inside this process (its identity), not any root process.")
+
+def _octal(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an octal mode (e.g. 644)") from None
+    if not 0 <= mode <= 0o7777:
+        raise click.BadParameter(f"{value!r} is not a mode (0 to 7777)")
+    return mode
 
 
 def _ops(vm, pid: int | None):
@@ -32,11 +44,11 @@ def _done(as_json: bool, message: str, **fields) -> None:
     if as_json:
         emit_json({"ok": True, **fields})
     else:
-        console.print(literal(message))
+        say(message)
 
 
 @click.command()
-@click.argument("vm")
+@click.argument("vm", **VM_NAME)
 @click.argument("pid", type=int)
 @click.option("-s", "--signal", "sig", default="TERM", show_default=True,
               help="Signal name or number.")
@@ -55,7 +67,7 @@ def kill(vm: str, pid: int, sig: str, as_pid: int | None, as_json: bool) -> None
 
 
 @click.command()
-@click.argument("vm")
+@click.argument("vm", **VM_NAME)
 @click.argument("path")
 @as_pid
 @json_option
@@ -69,30 +81,38 @@ def cat(vm: str, path: str, as_pid: int | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("vm")
+@click.argument("vm", **VM_NAME)
 @click.argument("local", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("path")
 @click.option("--append", is_flag=True, help="Append instead of replacing.")
-@click.option("--mode", default="644", show_default=True, help="Octal mode of a new file.")
+@click.option("--mode", default="644", show_default=True, callback=_octal,
+              help="Octal mode of a new file.")
 @click.option("--no-follow", "nofollow", is_flag=True,
               help="Fail (ELOOP) if PATH is a symbolic link instead of writing through it.")
 @as_pid
 @json_option
-def put(vm: str, local: Path, path: str, append: bool, mode: str, nofollow: bool,
+def put(vm: str, local: Path, path: str, append: bool, mode: int, nofollow: bool,
         as_pid: int | None, as_json: bool) -> None:
     """Copy a local file into the guest (PATH absolute), streamed: never read whole."""
-    with local.open("rb") as source:
-        data = ByteStream.of_file(source)
-        _do(vm, as_pid, lambda ops: ops.write_file(path, data, append=append,
-                                                   mode=int(mode, 8), nofollow=nofollow))
+    size = local.stat().st_size
+    if size > MAX_FILE:
+        raise click.BadParameter(f"{local} is {size} bytes, over the {MAX_FILE}-byte limit",
+                                 param_hint="LOCAL")
+    with local.open("rb") as source, Progress(f"put {path}", hide=as_json,
+                                              unit="bytes") as progress:
+        progress.add(size)
+        data = ByteStream.of_file(source, size).on_progress(progress.report)
+        _do(vm, as_pid, lambda ops: ops.write_file(path, data, append=append, mode=mode,
+                                                   nofollow=nofollow))
     _done(as_json, f"{data.size} bytes written to {path}", path=path, size=data.size)
 
 
 @click.command(name="ls")
-@click.argument("vm")
+@click.argument("vm", **VM_NAME)
 @click.argument("path")
 @as_pid
 @json_option
+@wide_option
 def ls_(vm: str, path: str, as_pid: int | None, as_json: bool) -> None:
     """List a guest directory."""
     entries = _do(vm, as_pid, lambda ops: ops.listdir(path))
@@ -102,7 +122,7 @@ def ls_(vm: str, path: str, as_pid: int | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("vm")
+@click.argument("vm", **VM_NAME)
 @click.argument("path")
 @as_pid
 @json_option
@@ -113,10 +133,11 @@ def rm(vm: str, path: str, as_pid: int | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("vm")
+@click.argument("vm", **VM_NAME)
 @click.argument("path")
 @as_pid
 @json_option
+@wide_option
 def stat(vm: str, path: str, as_pid: int | None, as_json: bool) -> None:
     """Show a guest file's metadata."""
     st = _do(vm, as_pid, lambda ops: ops.stat(path))
@@ -129,31 +150,31 @@ def stat(vm: str, path: str, as_pid: int | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("vm")
+@click.argument("vm", **VM_NAME)
 @click.argument("path")
-@click.option("--mode", default="755", show_default=True)
+@click.option("--mode", default="755", show_default=True, callback=_octal)
 @as_pid
 @json_option
-def mkdir(vm: str, path: str, mode: str, as_pid: int | None, as_json: bool) -> None:
+def mkdir(vm: str, path: str, mode: int, as_pid: int | None, as_json: bool) -> None:
     """Create a guest directory."""
-    _do(vm, as_pid, lambda ops: ops.mkdir(path, int(mode, 8)))
+    _do(vm, as_pid, lambda ops: ops.mkdir(path, mode))
     _done(as_json, f"{path} created", path=path)
 
 
 @click.command()
-@click.argument("vm")
-@click.argument("mode")
+@click.argument("vm", **VM_NAME)
+@click.argument("mode", callback=_octal)
 @click.argument("path")
 @as_pid
 @json_option
-def chmod(vm: str, mode: str, path: str, as_pid: int | None, as_json: bool) -> None:
+def chmod(vm: str, mode: int, path: str, as_pid: int | None, as_json: bool) -> None:
     """Change a guest file's mode (octal)."""
-    _do(vm, as_pid, lambda ops: ops.chmod(path, int(mode, 8)))
-    _done(as_json, f"{path} mode {mode}", path=path, mode=mode)
+    _do(vm, as_pid, lambda ops: ops.chmod(path, mode))
+    _done(as_json, f"{path} mode {mode:o}", path=path, mode=f"{mode:o}")
 
 
 @click.command()
-@click.argument("vm")
+@click.argument("vm", **VM_NAME)
 @click.argument("owner")
 @click.argument("path")
 @as_pid
@@ -161,12 +182,14 @@ def chmod(vm: str, mode: str, path: str, as_pid: int | None, as_json: bool) -> N
 def chown(vm: str, owner: str, path: str, as_pid: int | None, as_json: bool) -> None:
     """Change a guest file's owner: UID[:GID] (numbers)."""
     uid, _, gid = owner.partition(":")
+    if not uid.isdigit() or not (gid.isdigit() or not gid):
+        raise click.BadParameter(f"{owner!r} is not UID[:GID] (numbers)", param_hint="OWNER")
     _do(vm, as_pid, lambda ops: ops.chown(path, int(uid), int(gid) if gid else -1))
     _done(as_json, f"{path} owner {owner}", path=path, owner=owner)
 
 
 @click.command()
-@click.argument("vm")
+@click.argument("vm", **VM_NAME)
 @click.argument("setting")
 @as_pid
 @json_option
@@ -182,11 +205,11 @@ def sysctl(vm: str, setting: str, as_pid: int | None, as_json: bool) -> None:
     current = _do(vm, as_pid, go)
     if as_json:
         return emit_json({"key": key, "value": current})
-    console.print(literal(f"{key} = {current}"))
+    say(f"{key} = {current}")
 
 
 @click.command()
-@click.argument("vm")
+@click.argument("vm", **VM_NAME)
 @click.argument("iface")
 @click.argument("action", type=click.Choice(["up", "down", "addr"]))
 @click.argument("cidr", required=False)
@@ -206,7 +229,7 @@ def ip(vm: str, iface: str, action: str, cidr: str | None, as_pid: int | None,
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("vm")
+@click.argument("vm", **VM_NAME)
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--timeout", type=click.FloatRange(TIMEOUT.low, TIMEOUT.high), default=30.0,
               show_default=True, help="Seconds before SIGALRM.")

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import click
+from rich.text import Text
 
-from cloudvmi.cli.output import console, emit_json, error, errors, table
+from cloudvmi.cli.output import emit_json, error, say, table, wide_option
 from cloudvmi.errors import CloudVMIError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -54,7 +55,7 @@ def init(directory: Path | None, name: str, days: int, force: bool, as_json: boo
         _fail(exc)
     if as_json:
         return emit_json({"ok": True, "cert": str(ca.cert), "key": str(ca.key)})
-    console.print(f"CA [bold]{name}[/bold] created: {ca.cert} (key {ca.key}, keep it private)")
+    say("CA ", Text(name, style="bold"), f" created: {ca.cert} (key {ca.key}, keep it private)")
 
 
 @certs.command("issue")
@@ -69,6 +70,7 @@ def init(directory: Path | None, name: str, days: int, force: bool, as_json: boo
 @click.option("--days", type=click.IntRange(min=1), default=825, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite NAME's existing files.")
 @json_option
+@wide_option
 def issue_cmd(name: str, kind: str, hosts: tuple[str, ...], directory: Path | None,
               out: Path | None, days: int, force: bool, as_json: bool) -> None:
     """Issue NAME's certificate, signed by the CA; NAME is its identity (the Common Name)."""
@@ -110,7 +112,7 @@ def revoke_cmd(who: str, directory: Path | None, days: int, as_json: bool) -> No
         _fail(exc)
     if as_json:
         return emit_json({"ok": True, "crl": str(crl), "revoked": [f"{s:x}" for s in added]})
-    console.print(f"revoked {', '.join(f'{s:x}' for s in added) or 'nothing new'}: {crl}")
+    say(f"revoked {', '.join(f'{s:x}' for s in added) or 'nothing new'}: {crl}")
 
 
 @click.group()
@@ -159,23 +161,23 @@ def verify_cmd(file: Path, initial_key: Path | None, certs_: tuple[Path, ...],
     if as_json:
         emit_json(result)
     elif result.ok:
-        console.print(f"[green]intact[/green]: {file}: {result.records} records, "
-                      f"head {result.head}")
+        say(Text("intact", style="green"), f": {file}: {result.records} records, "
+            f"head {result.head}")
         if result.authenticated:
-            console.print("every record's MAC holds under the initial key")
+            say("every record's MAC holds under the initial key")
         if checkpoints is not None:
-            console.print(f"{result.checkpoints} signed checkpoints match, up to record "
-                          f"{result.signed}; {result.records - result.signed} after it")
+            say(f"{result.checkpoints} signed checkpoints match, up to record "
+                f"{result.signed}; {result.records - result.signed} after it")
         if result.open_intents:
-            console.print(f"[yellow]{result.open_intents} started actions have no recorded "
-                          "outcome[/yellow]")
+            say(Text(f"{result.open_intents} started actions have no recorded outcome",
+                     style="yellow"))
         if key is None and checkpoints is None and head is None and records is None:
-            console.print("[dim]chain only: a log rewritten whole or cut at the end passes; "
-                          "use --initial-key, or --cert with --checkpoints[/dim]")
+            say(Text("chain only: a log rewritten whole or cut at the end passes; "
+                     "use --initial-key, or --cert with --checkpoints", style="dim"))
     else:
         where = f"line {result.line}: " if result.line else ""
-        errors.print(f"[red]broken[/red]: {file}: {where}{result.error} "
-                     f"({result.records} intact records before it)")
+        say(Text("broken", style="red"), f": {file}: {where}{result.error} "
+            f"({result.records} intact records before it)", err=True)
     sys.exit(0 if result.ok else 1)
 
 

@@ -11,8 +11,10 @@ from typing import Any
 import click
 
 from cloudvmi.capability import Capability, Column
-from cloudvmi.cli.output import console, emit_json, error, table
-from cloudvmi.errors import CloudVMIError
+from cloudvmi.cli import failures
+from cloudvmi.cli.complete import complete_vm
+from cloudvmi.cli.output import console, emit_json, error, literal, set_wide, table
+from cloudvmi.cli.progress import Progress, status
 
 _CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
@@ -24,10 +26,11 @@ def open_vm(target: str, writable: bool = False):
 
 
 def run_or_exit(fn):
+    """FN(), or exit 1 after one `error:` line when it fails as expected (cli.failures)."""
     try:
         return fn()
-    except (CloudVMIError, ValueError) as exc:
-        error(exc)
+    except failures.EXPECTED as exc:
+        failures.report(exc)
         sys.exit(1)
 
 
@@ -49,7 +52,7 @@ def render(cap: Capability, vm_name: str, result: Any) -> None:
         table(title, ["FIELD", "VALUE"], ((f.name, getattr(result, f.name))
                                           for f in dataclasses.fields(result)))
     else:
-        console.print(result, markup=False, highlight=False)
+        console.print(literal(result), soft_wrap=True)
 
 
 def _field_columns(items: list):
@@ -115,8 +118,8 @@ def view_command(cap: Capability) -> click.Command:
 
         def go() -> None:
             with open_vm(vm) as v:
-                if not as_json and console.is_terminal:
-                    with console.status("Finding the kernel in guest memory…"):
+                if not as_json:
+                    with status("Finding the kernel in guest memory…"):
                         v.linux.ready()
                 result = getattr(v.linux, cap.name)(**args)
             if as_json:
@@ -126,11 +129,15 @@ def view_command(cap: Capability) -> click.Command:
 
         run_or_exit(go)
 
-    params = [click.Argument(["vm"], required=False), *_params(cap),
+    params = [click.Argument(["vm"], required=False, shell_complete=complete_vm),
+              *_params(cap),
               click.Option(["--all", "fleet"], is_flag=True,
                            help="Every VM of every node in the inventory."),
               click.Option(["--json", "as_json"], is_flag=True,
-                           help="Print JSON instead of a table.")]
+                           help="Print JSON instead of a table."),
+              click.Option(["--wide", "-w"], is_flag=True, expose_value=False, is_eager=True,
+                           callback=set_wide, help="Print every field whole (tables are "
+                           "cut to the terminal).")]
     return with_fleet_options(
         click.Command(cap.command, callback=callback, params=params, help=cap.doc))
 
@@ -141,7 +148,8 @@ def _fleet(cap: Capability, args: dict, as_json: bool, inventory) -> None:
     Nodes, and each node's VMs, come in name order."""
     from cloudvmi.remote.fleet import view_on_all
 
-    answers = view_on_all(inventory, cap.name, args)
+    with Progress(f"{cap.command} on every VM", hide=as_json) as progress:
+        answers = view_on_all(inventory, cap.name, args, progress=progress.report)
     failed = False
     out: dict[str, Any] = {}
     for node, answer in answers.items():

@@ -179,6 +179,8 @@ def open_target(target: str, writable: bool = False):
     lab guest), a QMP socket, or a dump file."""
     if "@" in target and not Path(target).exists():
         vm, _, node = target.rpartition("@")
+        if not vm or not node:
+            raise CloudVMIError(f"{target!r}: a remote VM is VM@NODE, both named")
         return RemoteVM(load().node(node), vm, owns_node=True)
     from cloudvmi.vm import attach
 

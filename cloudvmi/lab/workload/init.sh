@@ -26,6 +26,8 @@ sh -c 'printf "odd (name) ü" > /proc/self/comm; while :; do sleep 3600; done' \
 	odd 'arg with spaces' '(paren)' 'ünïcödé' &
 sh -c 'while :; do sleep 3600; done' long $(yes abcdefghij | head -n 1000 | tr -d '\n') &
 sh -c 'while :; do sleep 3600; done' empty-args '' middle '' &
+# Arguments a terminal or a markup parser would act on: markup tags, escape sequences.
+sh -c 'while :; do sleep 3600; done' hostile '[/x]' '[bold]b' "$(printf '\033[2J\033]0;t\007')" &
 # A zombie: the child exits and its parent (now sleep) never waits for it.
 sh -c 'sleep 0 & exec sleep 3000000' &
 /bin/workload threads 3 &

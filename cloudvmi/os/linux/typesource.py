@@ -46,6 +46,26 @@ def search_path(explicit: str | os.PathLike | None = None) -> list[Path]:
     return out
 
 
+def check_path(path: str | os.PathLike) -> None:
+    """Refuse (ValueError) a --symbols PATH that cannot hold types: missing, unreadable, or
+    a file that is neither BTF, an ISF, an ELF file nor an archive of them. What it holds is
+    checked against the guest's kernel only when one needs it."""
+    for part in str(path).split(os.pathsep):
+        p = Path(part).expanduser()
+        if p.is_dir():
+            if not os.access(p, os.R_OK | os.X_OK):
+                raise ValueError(f"{p}: directory not readable")
+            continue
+        try:
+            with p.open("rb") as f:
+                head = f.read(6)
+        except OSError as exc:
+            raise ValueError(f"{p}: {exc.strerror}") from None
+        if not (p.name.endswith((".json", ".json.xz", ".tar", ".tar.xz"))
+                or head.startswith((BTF_MAGIC, ELF_MAGIC, b"\xfd7zXZ"))):
+            raise ValueError(f"{p}: neither BTF, an ISF, an ELF file nor a .tar of them")
+
+
 def release_of(banner: bytes) -> str:
     """uname -r from "Linux version RELEASE (builder) ..."."""
     words = banner.split()
