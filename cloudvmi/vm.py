@@ -186,7 +186,7 @@ class VM:
         """While this process holds the VM stopped, say so on disk (the next attach resumes
         a VM whose holder died)."""
         marker = _pause_marker(self.qmp.key)
-        _write_synced(marker, str(os.getpid()))
+        _write_marker(marker, str(os.getpid()))
         try:
             yield
         finally:
@@ -293,11 +293,12 @@ def _pause_marker(key: str) -> Path:
     return state_sub("paused") / f"{_vm_key(key)}.pid"
 
 
-def _write_synced(path: Path, text: str) -> None:
+def _write_marker(path: Path, text: str) -> None:
+    """Not fsync'd: the marker outlives this process in the page cache, which is all it is
+    for (a host crash takes the paused VM with it)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, text.encode())
-        os.fsync(fd)
     finally:
         os.close(fd)
 

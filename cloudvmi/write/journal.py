@@ -2,10 +2,13 @@
 a process that dies mid-injection leaves enough for the next one to put the thread back.
 
 One file per VM under the state directory (not the cache: deleting a cache must never lose
-a guest's registers); every write is fsync'd, file and directory, and replaces the old one
-atomically. Each record names the run of the VM it belongs to (the QEMU process and its
-start, the host's boot, the guest kernel's boot): a journal left by another run (the VM was
-restarted, the guest rebooted) is never applied to this one, only set aside.
+a guest's registers); every write replaces the old one atomically (a rename). It is not
+fsync'd: the journal guards against this process dying while QEMU runs on, and the page cache
+outlives a process; a host crash takes the VM's memory with it, and the journal it leaves
+names the host's old boot, so it is never applied. Each record names the run of the VM it
+belongs to (the QEMU process and its start, the host's boot, the guest kernel's boot): a
+journal left by another run (the VM was restarted, the guest rebooted) is never applied to
+this one, only set aside.
 """
 
 import dataclasses
@@ -49,19 +52,18 @@ class Journal:
         """Keep a stale journal for a human to read, out of recovery's way."""
         aside = self.path.with_suffix(".stale.json")
         os.replace(self.path, aside)
-        self._sync_dir()
         return aside
 
     def _put(self, record: dict) -> None:
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, json.dumps(record).encode())
-            os.fsync(fd)
+            data = json.dumps(record).encode()
+            if os.write(fd, data) != len(data):
+                raise InjectionError(f"short write of the injection journal {tmp}")
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
-        self._sync_dir()
 
     def read(self) -> Target | Holding | None:
         """What the journal holds; StaleJournal if another run of the VM wrote it."""
@@ -81,11 +83,3 @@ class Journal:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
-        self._sync_dir()
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
