@@ -1,0 +1,4 @@
+"""Loaded by Volatility from a plugin directory (`vol -p DIR`): adds the `cloudvmi:` URL
+scheme, so `-f cloudvmi:VM` reads a VM through CloudVMI. It defines no plugin."""
+
+from cloudvmi.ecosystem.volatility import CloudVMIHandler  # noqa: F401
