@@ -4,8 +4,9 @@ layer, and the kernel's ISF made from the guest's own BTF and kallsyms.
 Volatility opens its memory image (`-f URL`) through urllib with every loaded
 `VolatilityHandler`; this module adds one for `cloudvmi:TARGET` (TARGET as `attach` or
 `VM@NODE` takes it, URL-quoted; `cloudvmi://web-1` too), whose file is the VM's
-guest-physical memory (guestfile.py). Everything above — the Linux stacker that finds the
-kernel by its banner, the page tables, the plugins — is Volatility's own, unchanged.
+guest-physical memory (guestfile.py), and a stacker that lays the VM's RAM regions over it.
+Everything above — the Linux stacker that finds the kernel by its banner, the page tables,
+the plugins — is Volatility's own, unchanged.
 
 Two ways in: `cloudvmi vol VM PLUGIN ...` (run_volatility: the ISF made and cached, the
 plugin run in this process), or Volatility's own `vol -p PLUGIN_DIR -s ISF_DIR -f cloudvmi:VM
@@ -23,7 +24,10 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+from volatility3.framework import interfaces
+from volatility3.framework.layers.physical import FileLayer
 from volatility3.framework.layers.resources import VolatilityHandler
+from volatility3.framework.layers.segmented import SegmentedLayer
 
 from cloudvmi.ecosystem.guestfile import GuestPhysicalFile
 from cloudvmi.os.linux.isf_export import kernel_isf, write_isf
@@ -98,6 +102,34 @@ class CloudVMIHandler(VolatilityHandler):
         if req.type != SCHEME:
             return None
         return GuestPhysicalFile(_vm(target_of(req.full_url)))
+
+
+class CloudVMIRegions(SegmentedLayer):
+    """The VM's RAM regions over the file of its guest-physical memory: Volatility's scans
+    (the banner, init_task) then skip the holes, which can be most of the file (a 256 MiB
+    guest's firmware sits just below 4 GiB)."""
+
+    def _load_segments(self) -> None:
+        base = self._context.layers[self._base_layer]
+        regions = sorted(_vm(target_of(base.location)).memory_regions())
+        self._segments = [(int(start), int(start), int(size), int(size))
+                          for start, size in regions if size > 0]
+
+
+class CloudVMIStacker(interfaces.automagic.StackerLayerInterface):
+    """Puts CloudVMIRegions on a `cloudvmi:` file, before any OS stacker looks at it."""
+
+    stack_order = 9
+
+    @classmethod
+    def stack(cls, context, layer_name: str, progress_callback=None):
+        layer = context.layers[layer_name]
+        if not isinstance(layer, FileLayer) or \
+                not layer.location.lower().startswith(f"{SCHEME}:"):
+            return None
+        name = context.layers.free_layer_name("CloudVMIRegions")
+        context.config[interfaces.configuration.path_join(name, "base_layer")] = layer_name
+        return CloudVMIRegions(context, name, name)
 
 
 def plugin_dir() -> Path:
