@@ -254,7 +254,7 @@ def test_pslist_through_cloudvmi(guest4, env, isf_dir):
     cloudvmi: location (with the ISF it makes and caches itself) sees CloudVMI's processes.
     The guest is held still for both reads (the CLI leaves a guest paused by others paused)."""
     g, image = guest4
-    target = g.name if g is not None else str(image / "guest.elf")
+    target = str(g.qmp_path) if g is not None else str(image / "guest.elf")
     with paused(target) as ours:
         start = time.perf_counter()
         done = _run([sys.executable, "-m", "cloudvmi.cli.main", "vol", target, "-q",
@@ -276,22 +276,48 @@ def test_pslist_through_an_agent(guest4, env, isf_dir, tmp_path):
     g, _ = guest4
     if g is None:
         pytest.skip(f"${IMAGE_ENV}: a kept image, no running guest for an agent to serve")
-    agent = Agent(tmp_path)
-    try:
-        inventory = tmp_path / "inventory.toml"
-        inventory.write_text(f'[[node]]\nname = "loopback"\naddress = "{agent.address}"\n'
-                             'insecure = true\n')
-        with paused(g.name) as ours:
+    with paused(str(g.qmp_path)) as ours:  # the agent attaches after, and lets go before
+        agent = Agent(tmp_path)
+        try:
+            inventory = tmp_path / "inventory.toml"
+            inventory.write_text(f'[[node]]\nname = "loopback"\naddress = "{agent.address}"\n'
+                                 'insecure = true\n')
             start = time.perf_counter()
             done = _run([sys.executable, "-m", "cloudvmi.cli.main", "vol", f"{g.name}@loopback",
                          "-q", "--offline", "-r", "json", "linux.pslist"],
                         {**env, "CLOUDVMI_INVENTORY": str(inventory)})
             timings["cloudvmi vol linux.pslist (agent)"] = time.perf_counter() - start
-    finally:
-        agent.stop()
+        finally:
+            agent.stop()
     rows = json.loads(done.stdout)
     _check_against_ours(rows, ours)
     assert len(rows) > 40
+
+
+def test_guest_physical_file(guest4):
+    """The file Volatility reads: offset N is guest-physical address N, holes read as zeros,
+    reads across blocks and regions are the VM's bytes."""
+    from cloudvmi.ecosystem.guestfile import BLOCK, GuestPhysicalFile
+
+    _, image = guest4
+    with attach(str(image / "guest.elf"), profile_cache=None) as vm:
+        regions = vm.memory_regions()
+        f = GuestPhysicalFile(vm)
+        end = max(start + size for start, size in regions)
+        assert f.seek(0, os.SEEK_END) == end and f.read(10) == b""
+        for start, size in regions:
+            f.seek(start + BLOCK - 100)  # across a block boundary, through the cache
+            assert f.read(300) == vm.read_physical(start + BLOCK - 100, 300)
+            f.seek(start + size - 32)  # the end of a region, then a hole (or the end)
+            tail = f.read(64)
+            assert tail[:32] == vm.read_physical(start + size - 32, 32)
+            after = start + size
+            if any(s <= after < s + z for s, z in regions):  # another region goes on
+                assert tail[32:] == vm.read_physical(after, len(tail) - 32)
+            else:
+                assert tail[32:] == bytes(len(tail) - 32)
+        f.seek(0)
+        assert f.read(3 * BLOCK + 5) == vm.read_physical(0, 3 * BLOCK + 5)  # blocks straight in
 
 
 def test_location_urls_and_plugin_dir(capsys):

@@ -30,6 +30,7 @@ from volatility3.framework.layers.resources import VolatilityHandler
 from volatility3.framework.layers.segmented import SegmentedLayer
 
 from cloudvmi.ecosystem.guestfile import GuestPhysicalFile
+from cloudvmi.errors import CloudVMIError
 from cloudvmi.os.linux.isf_export import kernel_isf, write_isf
 from cloudvmi.paths import cache_sub
 
@@ -171,6 +172,9 @@ def run_volatility(target: str, vm, args: list[str], hold_still: bool = True) ->
     from volatility3 import cli
 
     kernel = vm.linux.kernel
+    if kernel.levels != 4:  # its x86-64 layer (Intel32e) walks 4 levels: results would be junk
+        raise CloudVMIError(f"{target} uses {kernel.levels}-level paging; Volatility 3 "
+                            "translates 4-level page tables only")
     cached_isf(kernel)
     argv = ["vol", "-p", str(plugin_dir()), "-s", str(isf_dir()), "-f", url_of(target),
             *args]
