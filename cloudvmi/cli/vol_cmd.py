@@ -53,10 +53,11 @@ def isf(vm: str, path: str, as_json: bool) -> None:
                    "under it).")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def vol(vm: str, no_pause: bool, args: tuple[str, ...]) -> None:
-    """Run Volatility 3 on VM: `cloudvmi vol VM [VOL OPTIONS] PLUGIN [PLUGIN OPTIONS]`, e.g.
-    `cloudvmi vol web-1 -r json linux.pslist`. Memory is read through CloudVMI (a running,
-    dumped or remote VM), the kernel's ISF is made from guest memory and cached, and a
-    running VM is paused for the run unless --no-pause. Needs `cloudvmi[volatility]`."""
+    """Run Volatility 3 on VM: `cloudvmi vol [--no-pause] VM [VOL OPTIONS] PLUGIN [PLUGIN
+    OPTIONS]`, e.g. `cloudvmi vol web-1 -r json linux.pslist`. Memory is read through
+    CloudVMI (a running, dumped or remote VM), the kernel's ISF is made from guest memory and
+    cached, and a running VM is paused for the run unless --no-pause. Needs
+    `cloudvmi[volatility]`."""
     try:
         from cloudvmi.ecosystem.volatility import run_volatility
     except ImportError as exc:
