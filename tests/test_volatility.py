@@ -206,7 +206,10 @@ def test_isf_is_valid_and_linked(guest4, isf_dir):
     for name, kind in (("init_task", "task_struct"), ("modules", "list_head"),
                        ("init_mm", "mm_struct"), ("init_files", "files_struct")):
         assert symbols[name]["type"] == {"kind": "struct", "name": kind}
-    assert symbols["taint_flags"]["type"]["count"] >= 18
+    assert symbols["taint_flags"]["type"] == {  # TAINT_FLAGS_COUNT of 6.1, counted in memory
+        "kind": "array", "count": 19, "subtype": {"kind": "struct", "name": "taint_flag"}}
+    tk_core = isf["user_types"][symbols["tk_core"]["type"]["name"]]  # an anonymous struct
+    assert set(tk_core["fields"]) == {"seq", "timekeeper"}
     assert "init_top_pgt" in symbols and "linux_banner" in symbols
 
 

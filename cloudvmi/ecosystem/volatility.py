@@ -185,6 +185,8 @@ def run_volatility(target: str, vm, args: list[str], hold_still: bool = True) ->
         try:
             cli.main()
         except SystemExit as exc:
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
             status = exc.code if isinstance(exc.code, int) else (exc.code is not None)
         finally:
             sys.argv = old_argv
