@@ -75,7 +75,7 @@ def _peers(p: dict, figs: list[str]) -> list[str]:
     rows = [[r["tool"], r["listing"], r["run"], _f(r["seconds"]), _f(r["rss_mib"], 0),
              "—" if r.get("found") is None else r["found"], _pct(r.get("recall")),
              "—" if r.get("extra") is None else r["extra"],
-             ("" if r["ok"] else "**failed** ") + r["note"]] for r in p["tools"]]
+             ("**failed** " if r["ok"] is False else "") + r["note"]] for r in p["tools"]]
     out += _table(["tool", "listing", "run", "seconds", "peak RSS (MiB)", "found", "recall",
                    "extra", "note"], rows)
     out += _img(figs, "peers.png", "time and memory of each tool per listing")

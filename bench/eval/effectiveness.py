@@ -152,7 +152,13 @@ def forbidden_process(g, vm) -> dict:
     events = Guard(POLICY).check(Target(g.name, ""), vm)
     took = time.perf_counter() - start
     hits = [e for e in events if e.rule == "no-miners"]
-    gone = not any(p.comm == "xmrig-cpu" for p in vm.linux.processes().items)
+    gone = False
+    for _ in range(25):  # killed: gone, or a zombie until the console shell reaps it
+        gone = not any(p.comm == "xmrig-cpu" and p.state not in ("Z", "X")
+                       for p in vm.linux.processes().items)
+        if gone:
+            break
+        time.sleep(0.2)
     return {"case": "forbidden process (comm xmrig-cpu), policy: kill", "app": "guard",
             "planted": 1, "found": len(hits), "other_findings": len(events) - len(hits),
             "detected": len(hits) == 1 and gone, "seconds": took,

@@ -47,7 +47,7 @@ def peers(data: dict, out: Path) -> list[str]:
     axes[0].set_yscale("log")
     axes[0].set_title("Same dump, each tool as its own process")
     axes[1].set_title("Peak resident memory of that process")
-    axes[1].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="upper right")
     return [_save(fig, out, "peers.png")]
 
 
@@ -90,7 +90,8 @@ def overhead(data: dict, out: Path) -> list[str]:
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks(range(len(conditions)), [c.replace(", ", ",\n") for c in conditions],
                   fontsize=8)
-    ax.set_ylabel("slowdown of the guest benchmark (%)")
+    ax.set_yscale("symlog", linthresh=10)  # a few % and a few 1000 % in one figure
+    ax.set_ylabel("slowdown of the guest benchmark (%, log above 10)")
     ax.set_title("Guest-side cost of watching it (against the benchmark alone)")
     ax.legend(fontsize=7)
     return [_save(fig, out, "overhead.png")]
