@@ -237,3 +237,27 @@ def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, kdir: Path) -> None:
                 blob = lzma.decompress(blob)
             # The file name's prefix keeps the load order (init loads them sorted).
             (kdir / "modules" / f"{order:02d}-{Path(mod).name}").write_bytes(blob)
+
+
+def debug_vmlinux(kernel: LabKernel) -> Path:
+    """The DWARF vmlinux of a lab kernel, from Debian's `linux-image-RELEASE-dbg` package
+    (downloaded once, ~1 GB: only what debuggers such as drgn need; CloudVMI itself reads
+    the guest's BTF). Only usr/lib/debug/boot/vmlinux-* is taken out of the package."""
+    out = kernel.vmlinuz.parent / "vmlinux-dbg"
+    if out.exists():
+        return out
+    deb = _download(f"linux-image-{kernel.release}-dbg")
+    tmp = out.with_suffix(".tmp")
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
+                          stdout=subprocess.PIPE) as proc, \
+            tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+        for member in tar:
+            if re.fullmatch(r"usr/lib/debug/boot/vmlinux-.*", member.name.lstrip("./")):
+                with tar.extractfile(member) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                break
+        proc.stdout.close()  # the rest of the archive is not needed
+    if not tmp.exists():
+        raise CloudVMIError(f"no usr/lib/debug/boot/vmlinux-* in {deb.name}")
+    tmp.rename(out)
+    return out
