@@ -134,7 +134,7 @@ def test_fleet_ps_from_srv_nodes_with_one_down(cases):
     assert "case-two@n2.cases.test" in table.stdout
     vms = subprocess.run([*cli, "vms", *fleet], capture_output=True, text=True, env=env,
                          timeout=120)
-    rows = [line.split()[1] for line in vms.stdout.splitlines() if "@" in line]
+    rows = [line.split()[0] for line in vms.stdout.splitlines() if "@" in line]
     assert vms.returncode == 1 and rows == [
         "case-elf@n1.cases.test", "case-raw@n1.cases.test", "case-two@n2.cases.test",
         "?@n3.cases.test"]
