@@ -30,6 +30,7 @@ class Found:
     detail: str = ""
     connect: Callable[[], object] | None = None  # opens a monitor like control.qmp.QMP
     key: str = ""  # names the VM on this host, when it has no QMP socket
+    symbols: str | None = None  # where its kernel's outside symbols are (--symbols), if known
 
     @property
     def vm_key(self) -> str:

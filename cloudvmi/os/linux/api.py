@@ -21,8 +21,9 @@ class Linux(Facade):
 
     def __init__(self, phys: PhysicalMemory, profile_cache: Path | None, live: bool,
                  snapshot: Callable[[], contextlib.AbstractContextManager] | None = None,
-                 symbols: str | None = None) -> None:
+                 symbols: str | None = None, arch=None) -> None:
         self.phys = phys
+        self.arch = arch  # the guest's CPU (cloudvmi.arch.Arch), as its VM found it
         self.symbols = symbols  # where to look for types if the kernel has no BTF
         self.profile_cache = profile_cache
         self.live = live
@@ -33,7 +34,7 @@ class Linux(Facade):
     def kernel(self) -> LinuxKernel:
         if self._kernel is None:
             with self._snapshot():
-                self._kernel = kernel_mod.locate(self.phys, self.profile_cache,
+                self._kernel = kernel_mod.locate(self.phys, self.profile_cache, self.arch,
                                                  types=TypeSources.default(self.symbols))
         return self._kernel
 
