@@ -5,14 +5,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from matrix import KERNELS
+from matrix import ARM64, KERNELS, split
 
 from cloudvmi.lab import guest as lab
 
 # Fixtures that boot real lab guests (or capture images from them): a test that uses one,
 # directly or through another fixture, is marked `guest`, so `-m "not guest"` selects the
 # fast subset truthfully.
-VIEW_KERNELS = KERNELS
+VIEW_KERNELS = KERNELS + ARM64
 CORPUS_ENV = "CLOUDVMI_VIEW_CORPUS"  # a folder of VERSION/{guest.elf,guest.raw,truth/}
 BOOTING = {"live", "variant", "fleet", "setup", "guest", "guest_images", "viewed", "seen",
            "domain"}
@@ -97,11 +97,14 @@ def viewed(tmp_path_factory, profile_dir):
         corpus = os.environ.get(CORPUS_ENV)
         if corpus and (Path(corpus) / version).is_dir():
             root = Path(corpus) / version
-            made[version] = (attach(str(root / "guest.elf"), profile_cache=profile_dir),
+            symbols = root / "symbols"  # a System.map, for a kernel whose kallsyms lacks data
+            made[version] = (attach(str(root / "guest.elf"), profile_cache=profile_dir,
+                                    symbols=str(symbols) if symbols.is_dir() else None),
                              root / "truth")
             return made[version]
-        g = lab.up(f"vw{uuid.uuid4().hex[:6]}-{version.replace('.', '')}", kernel=version,
-                   mem="512M")
+        arch, kernel = split(version)
+        g = lab.up(f"vw{uuid.uuid4().hex[:6]}-{kernel.replace('.', '')}", kernel=kernel,
+                   mem="256M" if arch == "arm64" else "512M", arch=arch)
         guests.append(g)
         truth = capture(g, tmp_path_factory.mktemp(f"truth-{version}"))
         with QMP(str(g.qmp_path)) as qmp:
