@@ -16,26 +16,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else f'"{value}"'
+
+
 class Agent:
-    def __init__(self, root: Path, env: dict | None = None, config: str | None = None) -> None:
-        """An agent serving this host's lab guests to anyone on loopback, or the one CONFIG
-        (the text of an agent.toml) describes."""
+    def __init__(self, root: Path, env: dict | None = None, config: str | None = None,
+                 settings: dict | None = None, vms: tuple[str, ...] = ("*",)) -> None:
+        """An agent serving this host's lab guests (VMS of them) to anyone on loopback, with
+        SETTINGS added to its [agent] table; or the one CONFIG (an agent.toml) describes."""
         self.root = root
         self.metrics_port = free_port()
         self.env = {**os.environ, **(env or {})}
         self.config = root / "agent.toml"
+        table = {"node": "loopback", "listen": "127.0.0.1:0", "insecure": True,
+                 "audit_log": root / "audit.jsonl", "lab": True,
+                 "metrics_listen": f"127.0.0.1:{self.metrics_port}", **(settings or {})}
+        lines = "".join(f"{k} = {_toml(v)}\n" for k, v in table.items())
         self.config.write_text(config or f"""
 [agent]
-node = "loopback"
-listen = "127.0.0.1:0"
-insecure = true
-audit_log = "{root / 'audit.jsonl'}"
-lab = true
-metrics_listen = "127.0.0.1:{self.metrics_port}"
-
+{lines}
 [[allow]]
 identity = "insecure-loopback"
-vms = ["*"]
+vms = [{", ".join(_toml(v) for v in vms)}]
 permissions = ["read", "write", "operate"]
 """)
         self.proc: subprocess.Popen | None = None

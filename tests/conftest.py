@@ -15,7 +15,7 @@ from cloudvmi.lab import guest as lab
 VIEW_KERNELS = KERNELS + ARM64
 CORPUS_ENV = "CLOUDVMI_VIEW_CORPUS"  # a folder of VERSION/{guest.elf,guest.raw,truth/}
 BOOTING = {"live", "variant", "fleet", "setup", "guest", "guest_images", "viewed", "seen",
-           "domain"}
+           "domain", "guest4", "served", "evaluated"}
 
 
 def pytest_collection_modifyitems(items):

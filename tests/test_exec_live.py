@@ -265,3 +265,22 @@ def test_a_helper_tampered_with_or_killed_by_guest_root_is_refused(live):
         vm.exec(["busybox", "hostname"], **run)
     assert vm.exec(["busybox", "id", "-u"], **run).stdout == b"0\n"
     assert len(vm.guest.close()) == 1
+
+
+def test_a_write_back_reaches_only_the_file_the_program_opened(live):
+    """A guest user who swaps a path for a link (or another file) between a program's open
+    and its write-back gets nothing written there: the write-back checks the file's
+    (dev, ino) against the one the program opened (-ESTALE otherwise)."""
+    from cloudvmi.redirect.guestfs import ESTALE, GuestFS, stat_identity
+
+    g, vm = live
+    g.console.check("echo victim > /srv/t/victim && echo mine > /srv/t/mine")
+    with vm.guest.channel() as ch:
+        opened = stat_identity(GuestFS(ch).stat(b"/srv/t/mine")[1])
+    g.console.check("mv /srv/t/mine /srv/t/mine.old && ln -s victim /srv/t/mine")
+    with vm.guest.channel() as ch:
+        fs = GuestFS(ch)
+        assert fs.write_back(b"/srv/t/mine", b"owned\n", 0, 6, False, opened) == -ESTALE
+        now = stat_identity(fs.stat(b"/srv/t/victim")[1])
+        assert fs.write_back(b"/srv/t/victim", b"fine\n", 0, 5, False, now) == 0
+    assert theirs(g, "cat /srv/t/victim /srv/t/mine.old") == "fine\nmine\n"

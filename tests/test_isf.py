@@ -462,6 +462,40 @@ def test_btf_to_isf_small():
         assert again[table] == isf[table]
 
 
+def test_btf_to_isf_global_types():
+    """Globals BTF gives no type: typed from the kernel's declarations (a struct, a pointer,
+    an anonymous struct told by its members, an array of a length the caller counted, the
+    linker's section bounds); a kernel without the type leaves the symbol untyped."""
+    b = BtfBuilder()
+    u64 = b.add_int("long unsigned int", 8)
+    char = b.add_int("char", 1, signed=True)
+    head = b.add_struct("list_head", 16)
+    b.set_members(head, [Member("next", b.add_ptr(head), 0, 0),
+                         Member("prev", b.add_ptr(head), 64, 0)])
+    kset = b.add_struct("kset", 8, [Member("n", u64, 0, 0)])
+    b.add_ptr(kset)
+    b.add_struct("taint_flag", 3, [Member("c_true", char, 0, 0),
+                                   Member("c_false", char, 8, 0)])
+    keeper = b.add_struct("timekeeper", 8, [Member("offs_real", u64, 0, 0)])
+    b.add_struct("", 16, [Member("seq", u64, 0, 0), Member("timekeeper", keeper, 64, 0)])
+    btf = BTF.from_bytes(b.to_bytes())
+    names = ("modules", "module_kset", "tk_core", "taint_flags", "_text", "mod_tree", "x")
+    symbols = {n: 0xFFFFFFFF81000000 + i * 64 for i, n in enumerate(names)}
+    isf = btf_to_isf(btf, symbols, BANNER, {"taint_flags": 19})
+    typed = {n: isf["symbols"][n].get("type") for n in names}
+    assert typed["modules"] == {"kind": "struct", "name": "list_head"}
+    assert typed["module_kset"] == {"kind": "pointer", "subtype": {"kind": "struct",
+                                                                   "name": "kset"}}
+    assert isf["user_types"][typed["tk_core"]["name"]]["fields"]["timekeeper"]["offset"] == 8
+    assert typed["taint_flags"] == {"kind": "array", "count": 19, "subtype": {
+        "kind": "struct", "name": "taint_flag"}}
+    assert typed["_text"] == {"kind": "array", "count": 0, "subtype": {"kind": "base",
+                                                                      "name": "char"}}
+    assert typed["mod_tree"] is None and typed["x"] is None  # no such type; not a known global
+    assert "type" not in btf_to_isf(btf, symbols, BANNER)["symbols"]["taint_flags"]
+    _check_schema(isf)
+
+
 def test_btf_to_isf_hostile_btf():
     b = BtfBuilder()
     ptrs = [b.add_ptr(0)]

@@ -183,21 +183,8 @@ def test_writable_operations_by_domain_name(domain):
 def test_an_agent_serves_the_hosts_domains_by_name(domain, tmp_path):
     from cloudvmi.remote.client import connect
 
-    agent = Agent(tmp_path, config=f"""
-[agent]
-node = "loopback"
-listen = "127.0.0.1:0"
-insecure = true
-audit_log = "{tmp_path / 'audit.jsonl'}"
-lab = false
-libvirt = true
-libvirt_uri = "{domain.uri}"
-
-[[allow]]
-identity = "insecure-loopback"
-vms = ["*"]
-permissions = ["read", "write", "operate"]
-""", env={"CLOUDVMI_LIBVIRT_URI": ""})
+    agent = Agent(tmp_path, settings={"lab": False, "libvirt": True, "libvirt_uri": domain.uri},
+                  env={"CLOUDVMI_LIBVIRT_URI": ""})
     try:
         with connect(agent.address, domain.name) as remote:
             assert [v.name for v in remote.node.vms()] == [domain.name]

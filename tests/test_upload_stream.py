@@ -135,20 +135,7 @@ def served(tmp_path_factory):
     g = lab.up(f"up{uuid.uuid4().hex[:6]}", kernel="6.1", mem="512M")
     agent = None
     try:
-        agent = Agent(root, config=f"""
-[agent]
-node = "loopback"
-listen = "127.0.0.1:0"
-insecure = true
-audit_log = "{root / 'audit.jsonl'}"
-lab = true
-payload_idle = {IDLE}
-
-[[allow]]
-identity = "insecure-loopback"
-vms = ["{g.name}"]
-permissions = ["read", "write", "operate"]
-""")
+        agent = Agent(root, settings={"payload_idle": IDLE}, vms=(g.name,))
         yield g, agent, root
     finally:
         if agent is not None:

@@ -166,6 +166,7 @@ from cloudvmi.cli import hunt_cmd as _hunt  # noqa: E402
 from cloudvmi.cli import lab as _lab  # noqa: E402
 from cloudvmi.cli import ops as _ops  # noqa: E402
 from cloudvmi.cli import remote_admin as _remote_admin  # noqa: E402
+from cloudvmi.cli import vol_cmd as _vol  # noqa: E402
 
 main.add_command(_lab.lab)
 main.add_command(_agent.agent)
@@ -174,6 +175,8 @@ main.add_command(_guard.guard)
 main.add_command(_fim.fim)
 main.add_command(_enforce.enforce)
 main.add_command(_hunt.hunt)
+main.add_command(_vol.isf)
+main.add_command(_vol.vol)
 for _command in _remote_admin.COMMANDS:
     main.add_command(_command)
 for _command in _ops.COMMANDS:

@@ -272,18 +272,25 @@ def _real_system_map(kdir: Path, package: str, arch: str) -> None:
             return
     deb = download(f"{package}-dbg".replace("-unsigned-dbg", "-dbg"), arch)
     try:
-        with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL) as proc, \
-                tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            for member in tar:  # stops at the one file: dpkg-deb's broken pipe is expected
-                name = member.name.lstrip("./")
-                if re.fullmatch(r"usr/lib/debug/boot/System\.map-[^/]+", name):
-                    tmp = maps[0].with_suffix(".tmp")
-                    tmp.write_bytes(tar.extractfile(member).read())
-                    tmp.rename(maps[0])
-                    break
+        _take_one(deb, r"usr/lib/debug/boot/System\.map-[^/]+", maps[0])
     finally:
         deb.unlink(missing_ok=True)
+
+
+def _take_one(deb: Path, pattern: str, dest: Path) -> bool:
+    """Stream DEB's data and write its first member matching PATTERN to DEST (through a
+    temporary file renamed into place); stops reading there. Whether it was found."""
+    tmp = dest.with_suffix(".tmp")
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL) as proc, \
+            tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+        for member in tar:  # stops at the one file: dpkg-deb's broken pipe is expected
+            if re.fullmatch(pattern, member.name.lstrip("./")):
+                with tar.extractfile(member) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                tmp.rename(dest)
+                return True
+    return False
 
 
 def _gunzip_image(path: Path) -> None:
@@ -313,3 +320,19 @@ def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, kdir: Path) -> None:
                 blob = lzma.decompress(blob)
             # The file name's prefix keeps the load order (init loads them sorted).
             (kdir / "modules" / f"{order:02d}-{Path(mod).name}").write_bytes(blob)
+
+
+def debug_vmlinux(kernel: LabKernel) -> Path:
+    """The DWARF vmlinux of a lab kernel, from Debian's `linux-image-RELEASE-dbg` package
+    (downloaded once, ~1 GB: only what debuggers such as drgn need; CloudVMI itself reads
+    the guest's BTF). Only usr/lib/debug/boot/vmlinux-* is taken out of the package."""
+    out = kernel.vmlinuz.parent / "vmlinux-dbg"
+    if out.exists():
+        return out
+    deb = download(f"linux-image-{kernel.release}-dbg", kernel.arch)
+    try:
+        if not _take_one(deb, r"usr/lib/debug/boot/vmlinux-.*", out):
+            raise CloudVMIError(f"no usr/lib/debug/boot/vmlinux-* in {deb.name}")
+    finally:
+        deb.unlink(missing_ok=True)  # about 1 GB of DWARF for every other file
+    return out

@@ -6,7 +6,7 @@ the program wrote back to the guest (before any other guest call, on close and a
 import os
 from dataclasses import dataclass, field
 
-from cloudvmi.redirect.guestfs import GuestFS, Opened, stat_size
+from cloudvmi.redirect.guestfs import GuestFS, Opened, stat_identity, stat_size
 
 LAZY_OVER = 1 << 20  # larger files are fetched as the program reads them
 FETCH_AHEAD = 4 << 20
@@ -91,11 +91,13 @@ class GuestFile:
         if self.append:
             done = self.flushed[0]
             data = os.pread(self.memfd, mark[0] - done, done)
-            err = fs.write_back(self.path, data, 0, None, append=True)
+            err = fs.write_back(self.path, data, 0, None, append=True,
+                                identity=stat_identity(self.opened.stat))
         else:
             data = os.pread(self.memfd, mark[0], 0)
             shrink = mark[0] if mark[0] < self.size else None  # (pseudo-files cannot)
-            err = fs.write_back(self.path, data, 0, shrink, append=False)
+            err = fs.write_back(self.path, data, 0, shrink, append=False,
+                                identity=stat_identity(self.opened.stat))
             self.size = mark[0]
         self.flushed = mark
         return err

@@ -28,6 +28,7 @@ AT_FDCWD, AT_SYMLINK_NOFOLLOW = -100, 0x100
 O_RDONLY, O_ACCMODE, O_DIRECTORY, O_CLOEXEC = 0, 3, 0o200000, 0o2000000
 O_CREAT, O_TRUNC, O_APPEND, O_PATH, O_NOFOLLOW = 0o100, 0o1000, 0o2000, 0o10000000, 0o400000
 SEEK_SET = 0
+EIO, ESTALE = 5, 116
 S_IFMT, S_IFDIR, S_IFREG = 0o170000, 0o040000, 0o100000
 STAT_SIZE, STATX_SIZE = 144, 256
 FIRST_READ = 64 * 1024  # read at open; more follows on demand
@@ -52,6 +53,11 @@ def _show(call: GuestCall) -> str:
 
 def stat_mode(raw: bytes) -> int:
     return struct.unpack_from("<I", raw, 24)[0] if len(raw) >= STAT_SIZE else 0
+
+
+def stat_identity(raw: bytes) -> tuple[int, int] | None:
+    """(st_dev, st_ino): the first two fields of struct stat on every 64-bit Linux."""
+    return struct.unpack_from("<QQ", raw, 0) if len(raw) >= 16 else None
 
 
 def stat_size(raw: bytes) -> int:
@@ -549,28 +555,44 @@ class GuestFS:
         return 0, bytes(out)
 
     def write_back(self, path: bytes, data: bytes, offset: int, truncate: int | None,
-                   append: bool) -> int:
-        """Write DATA at OFFSET (or at the end) of a guest file; 0 or -errno."""
+                   append: bool, identity: tuple[int, int] | None = None) -> int:
+        """Write DATA at OFFSET (or at the end) of a guest file; 0 or -errno. With IDENTITY
+        (the (dev, ino) the program opened), the file PATH names now must still be that one:
+        a guest user who swapped the path for a link or another file since (to turn a
+        root write elsewhere) gets nothing written (-ESTALE)."""
         self.changed()
         flags = 1 | O_CLOEXEC | (O_APPEND if append else 0)
+        opened = self.run([GuestCall("openat", [value(AT_FDCWD), *path_in(path), value(flags)],
+                                     stop_on_error=True),
+                           GuestCall("fstat", [result_of(0), buffer_out(STAT_SIZE)])])
+        fd = opened[0].value
+        if fd is None or fd < 0:
+            return fd if fd is not None else -EIO
+        err = 0
+        if opened[1].value != 0:
+            err = opened[1].value if opened[1].value is not None else -EIO
+        elif identity is not None and stat_identity(opened[1].outputs[0]) != identity:
+            err = -ESTALE
         step = max(4096, self.channel.max_bytes // 2)
-        pieces = [data[i:i + step] for i in range(0, len(data), step)] or [b""]
-        for k, piece in enumerate(pieces):
-            group = [GuestCall("openat", [value(AT_FDCWD), *path_in(path), value(flags)],
-                               stop_on_error=True)]
+        pieces = [data[i:i + step] for i in range(0, len(data), step)] if not err else []
+        for k, piece in enumerate(pieces or [b""]):
+            group = []
             if piece:
-                if append:
-                    group.append(GuestCall("write", [result_of(0), data_in(piece),
-                                                     value(len(piece))]))
-                else:
-                    group.append(GuestCall("pwrite64", [result_of(0), data_in(piece),
-                                                        value(len(piece)),
-                                                        value(offset + k * step)]))
-            if truncate is not None and k == len(pieces) - 1:
-                group.append(GuestCall("ftruncate", [result_of(0), value(truncate)]))
-            group.append(GuestCall("close", [result_of(0)]))
+                group.append(GuestCall("write", [value(fd), data_in(piece), value(len(piece))])
+                             if append else
+                             GuestCall("pwrite64", [value(fd), data_in(piece),
+                                                    value(len(piece)),
+                                                    value(offset + k * step)]))
+            last = k == max(len(pieces), 1) - 1
+            if last and not err and truncate is not None:
+                group.append(GuestCall("ftruncate", [value(fd), value(truncate)]))
+            if last or err:
+                group.append(GuestCall("close", [value(fd)]))
             results = self.run(group)
-            for r in results[:-1]:
+            for r in results[:-1] if group[-1].name == "close" else results:
                 if r.value is None or r.value < 0:
-                    return r.value if r.value is not None else -5
-        return 0
+                    err = err or (r.value if r.value is not None else -EIO)
+            if err and not last:  # a write failed: close, and say why
+                self.run([GuestCall("close", [value(fd)])])
+                break
+        return err

@@ -47,6 +47,8 @@ CHUNK = 4 << 20  # per streamed message: fewer, larger messages stream faster
 MAX_PAYLOAD = 256 << 20  # the blobs of one call's arguments (a file written)
 STREAM_ABOVE = 1 << 20  # a blob larger than this is streamed to a capability that takes one
 UPLOAD_WINDOW = (QUEUED_MESSAGES + 2) * CHUNK  # the most of a streamed upload held at once
+REPLY_OVERHEAD = 1024  # a Reply's framing, beside its JSON and data
+READ_REPLY_MAX = 8 << 20  # the largest message a client takes (remote/client.py)
 
 
 def _error(context, code: grpc.StatusCode, kind: str, message: str, **extra):
@@ -186,6 +188,28 @@ class AgentService(rpc.AgentServicer):
         first = next(request_iterator, None)
         if first is None:
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError", "empty call")
+        yield from _replies(self._serve(first, request_iterator, context))
+
+    def InvokeOne(self, request, context):
+        yield from _replies(self._serve(request, None, context))
+
+    def Read(self, request, context):
+        """A read answered in one message (see the proto): refused for anything but reads,
+        and for an answer over the message limit (the client then streams it)."""
+        cap = capability.by_key(request.capability)
+        if cap is not None and cap.permission != "read":
+            _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
+                   f"{cap.key} is not a read: call it through Invoke")
+        text, blobs = codec.encode(self._serve(request, None, context))
+        size = len(text.encode()) + sum(len(b) for b in blobs)
+        if size > min(self.config.max_message_bytes, READ_REPLY_MAX) - REPLY_OVERHEAD:
+            _error(context, grpc.StatusCode.OUT_OF_RANGE, "TooLarge",
+                   f"an answer of {size} bytes does not fit one message")
+        return pb.Reply(json=text, data=b"".join(blobs))
+
+    def _serve(self, first, request_iterator, context):
+        """Authorize, admit, read the payload, record and run the call FIRST starts (the
+        rest of its payload in REQUEST_ITERATOR, None when it is all in FIRST); its result."""
         cap = capability.by_key(first.capability)
         if cap is None:
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
@@ -203,7 +227,8 @@ class AgentService(rpc.AgentServicer):
             self._refuse_if_dump(context, who, first.vm, cap.name, summary)
         # A large blob a capability takes as a stream is written as it arrives: only a
         # window of it is ever held, and only that counts against the caller's share.
-        streamed = len(sizes) == 1 and sizes[0] > STREAM_ABOVE and _takes_stream(cap)
+        streamed = (request_iterator is not None and len(sizes) == 1
+                    and sizes[0] > STREAM_ABOVE and _takes_stream(cap))
         try:
             slot = self.limits.enter(who, min(sizes[0], UPLOAD_WINDOW) if streamed
                                      else sum(sizes))
@@ -239,14 +264,7 @@ class AgentService(rpc.AgentServicer):
             finally:
                 if upload is not None:
                     upload.close()
-        text, blobs = codec.encode(result)
-        yield pb.Reply(json=text)
-        for blob in blobs:
-            for offset in range(0, len(blob), CHUNK):
-                yield pb.Reply(data=blob[offset:offset + CHUNK])
-
-    def InvokeOne(self, request, context):
-        return self.Invoke(iter((request,)), context)
+        return result
 
     def Channel(self, request_iterator, context):
         """A redirected program's guest calls: authorized and recorded before the guest is
@@ -311,10 +329,16 @@ class AgentService(rpc.AgentServicer):
 
     def _payload(self, context, first, rest, expected: int) -> bytes:
         """The payload announced in the first message, read while no more than
-        payload_idle seconds pass between two messages (a stalled upload is cut off)."""
+        payload_idle seconds pass between two messages (a stalled upload is cut off).
+        REST is None for a call of one message."""
         if expected > MAX_PAYLOAD:
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
                    f"payload of {expected} bytes over the {MAX_PAYLOAD}-byte limit")
+        if rest is None:
+            if len(first.data) != expected:
+                _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
+                       f"payload of {len(first.data)} bytes where {expected} were announced")
+            return first.data
         parts, size = [first.data], len(first.data)
         idle = threading.Timer(self.config.payload_idle, context.cancel)
         idle.start()
@@ -337,6 +361,16 @@ class AgentService(rpc.AgentServicer):
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
                    f"payload of {size} bytes where {expected} were announced")
         return b"".join(parts)
+
+
+def _replies(result):
+    """A result as the replies of a streamed answer: its JSON, then its bytes in chunks."""
+    text, blobs = codec.encode(result)
+    yield pb.Reply(json=text)
+    for blob in blobs:
+        view = memoryview(blob)
+        for offset in range(0, len(view), CHUNK):
+            yield pb.Reply(data=bytes(view[offset:offset + CHUNK]))
 
 
 def _exec_request(context, text: str) -> tuple[list[str], str]:

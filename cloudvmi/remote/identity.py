@@ -7,6 +7,7 @@ one Common Name (authorizing "the first" would let a CA-signed name smuggle anot
 without the client EKU, and a revoked serial (`revoked` and `crl` in the agent's config).
 """
 
+import functools
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -53,6 +54,18 @@ class Revocations:
             return self._serials is None or serial in self._serials
 
 
+@functools.lru_cache(maxsize=256)
+def _facts(pem: bytes) -> tuple[int, str, tuple[str, ...]] | None:
+    """What a certificate says about its holder (serial, kind, CNs), parsed once per
+    certificate: a client's calls all carry the same one, and parsing X.509 is not free.
+    Revocation is checked on every call, outside this cache."""
+    try:
+        cert = certs.load_certificate(pem)
+    except certs.CertError:
+        return None
+    return cert.serial_number, certs.cert_kind(cert), tuple(certs.common_names(cert))
+
+
 def identity_of(auth_context: Mapping[str, Sequence[bytes]], config: AgentConfig,
                 revocations: Revocations | None = None) -> str | None:
     """The identity (the single CN) of the peer in a gRPC `context.auth_context()`, or
@@ -62,18 +75,15 @@ def identity_of(auth_context: Mapping[str, Sequence[bytes]], config: AgentConfig
     pems = auth_context.get("x509_pem_cert") or []
     if len(pems) != 1 or not pems[0]:
         return None
-    try:
-        cert = certs.load_certificate(pems[0])
-    except certs.CertError:
+    facts = _facts(bytes(pems[0]))
+    if facts is None:
         return None
-    refused = (revocations.refused(cert.serial_number) if revocations is not None
-               else cert.serial_number in config.revoked)
-    if refused or certs.cert_kind(cert) != "client":
-        return None
-    names = certs.common_names(cert)
-    if len(names) != 1 or not names[0]:
+    serial, kind, names = facts
+    refused = (revocations.refused(serial) if revocations is not None
+               else serial in config.revoked)
+    if refused or kind != "client" or len(names) != 1 or not names[0]:
         return None
     seen = auth_context.get("x509_common_name")
-    if seen is not None and [bytes(n).decode("utf-8", "replace") for n in seen] != names:
+    if seen is not None and [bytes(n).decode("utf-8", "replace") for n in seen] != list(names):
         return None  # gRPC read another name than we did: trust neither
     return names[0]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from cloudvmi.write import batch as batch_mod
 from cloudvmi.write.errors import InjectionError
-from cloudvmi.write.session import DATA_LARGE, TABLE_PAGES, GuestSession
+from cloudvmi.write.session import DATA_FIRST, DATA_LARGE, TABLE_PAGES, GuestSession
 
 VALUE, INPUT, OUTPUT, RESULT, INOUT = "value", "input", "output", "result", "inout"
 MAX_CALLS = TABLE_PAGES * 4096 // batch_mod.ENTRY.size
@@ -84,6 +84,10 @@ class CallChannel:
         """Guest addresses of the call table and of the data area."""
         raise NotImplementedError
 
+    def _reserve(self, size: int) -> None:
+        """Make room for SIZE bytes of buffers before a list is laid out (if the area
+        grows)."""
+
     def _execute(self, batch: batch_mod.Batch, blob: bytes) -> list[int | None]:
         """Put BLOB at the data area and the table in place, run it; each call's raw result."""
         raise NotImplementedError
@@ -97,6 +101,7 @@ class CallChannel:
                                  "do not fit one run")
         if not calls:
             return []
+        self._reserve(cost(calls))
         table, data = self._area()
         b = batch_mod.Batch(table)
         cursor = 0
@@ -183,7 +188,7 @@ class SyscallChannel(CallChannel):
 
     def __init__(self, ops, data_size: int = DATA_LARGE) -> None:
         super().__init__(ops.injector.abi)
-        self.session: GuestSession = ops.session(data_size)
+        self.session: GuestSession = ops.session(data_size, first=DATA_FIRST)
         self.max_bytes = data_size
 
     def __enter__(self) -> "SyscallChannel":
@@ -198,6 +203,9 @@ class SyscallChannel(CallChannel):
 
     def _area(self) -> tuple[int, int]:
         return self.session.table, self.session.data
+
+    def _reserve(self, size: int) -> None:
+        self.session.grow(size)
 
     def _execute(self, batch: batch_mod.Batch, blob: bytes) -> list[int | None]:
         s = self.session

@@ -30,9 +30,10 @@ class GuestOps(Facade):
         """The same operations, run in process PID (with its identity and permissions)."""
         return GuestOps(self.injector, pid, self._helpers)
 
-    def session(self, data_size: int = DATA) -> GuestSession:
-        """A hijack with a scratch mapping, for a recipe's batches."""
-        return GuestSession(self.injector, data_size, self.pid)
+    def session(self, data_size: int = DATA, first: int | None = None) -> GuestSession:
+        """A hijack with a scratch mapping, for a recipe's batches (FIRST: start the data
+        area that small and grow it when a batch needs more)."""
+        return GuestSession(self.injector, data_size, self.pid, first=first)
 
     def channel(self, mode: str = "stop", settings: HelperSettings | None = None) -> CallChannel:
         """A channel that runs lists of calls: "stop", a held hijack with one resume of the

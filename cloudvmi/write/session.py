@@ -10,37 +10,69 @@ TABLE_PAGES = 16  # 910 calls a batch
 STUB_OFFSET = 0x800  # in the code page, after the batch interpreter
 DATA = 256 * 1024  # default data area
 DATA_LARGE = 4 << 20  # a syscall channel's (file contents, /proc trees)
+DATA_FIRST = 256 * 1024  # what a growable area starts with (most lists need less)
 
 
 class GuestSession:
-    """`with GuestSession(injector, data_size) as s: s.run(batch)`; data lives at s.data."""
+    """`with GuestSession(injector, data_size) as s: s.run(batch)`; data lives at s.data.
+    With FIRST, the data area starts at FIRST bytes and grows up to DATA_SIZE when a list
+    needs more (`grow`): the mapping is populated, and populating megabytes a session never
+    uses costs the guest more than the list itself."""
 
     def __init__(self, injector: Injector, data_size: int = DATA,
-                 pid: int | None = None) -> None:
+                 pid: int | None = None, first: int | None = None) -> None:
         self.injector = injector
         self.abi = injector.abi
         self.pid = pid
         page = injector.arch.page_size
         self.code_size = page
         self.table_size = TABLE_PAGES * page
-        self.data_size = (data_size + page - 1) // page * page
-        self.size = self.code_size + self.table_size + self.data_size
+        self.max_data = self._pages(data_size)
+        self.data_size = self._pages(min(first or data_size, data_size))
         self.base = 0
         self._cursor = 0
 
+    def _pages(self, size: int) -> int:
+        page = self.injector.arch.page_size
+        return (size + page - 1) // page * page
+
+    @property
+    def size(self) -> int:
+        return self.code_size + self.table_size + self.data_size
+
     def __enter__(self) -> "GuestSession":
-        inj = self.injector
-        inj.hijack(self.pid)
+        self.injector.hijack(self.pid)
         try:
-            self.base = inj.map_scratch(self.size)
-            stub, entry = inj.arch.resume_stub(inj.target.saved)
-            inj.write_user(self.base, inj.arch.batch_code)
-            inj.write_user(self.base + STUB_OFFSET, stub)
-            inj.note_resume_stub(self.base + STUB_OFFSET + entry)
+            self.base = self._map()
         except BaseException:
             self._undo()
             raise
         return self
+
+    def _map(self) -> int:
+        """A scratch mapping of the current size with the batch code and resume stub in it
+        (the journal learns where the stub is); its address."""
+        inj = self.injector
+        base = inj.map_scratch(self.size)
+        stub, entry = inj.arch.resume_stub(inj.target.saved)
+        inj.write_user(base, inj.arch.batch_code)
+        inj.write_user(base + STUB_OFFSET, stub)
+        inj.note_resume_stub(base + STUB_OFFSET + entry)
+        return base
+
+    def grow(self, need: int) -> None:
+        """Make the data area at least NEED bytes (up to the session's most): a new mapping
+        four times as large at least, then the old one released (two guest resumes)."""
+        if need <= self.data_size or self.data_size >= self.max_data:
+            return
+        old_base, old_size = self.base, self.size
+        self.data_size = min(self.max_data, max(self._pages(need), 4 * self.data_size))
+        try:
+            self.base = self._map()
+        except BaseException:
+            self.data_size = old_size - self.code_size - self.table_size
+            raise
+        self.injector.unmap_scratch(old_base, old_size)
 
     def __exit__(self, *exc: object) -> None:
         self._undo()

@@ -15,6 +15,12 @@
  *                         N (100) established loopback connections (both ends held), UDP
  *                         sockets, UNIX stream, datagram and seqpacket sockets (named
  *                         /run/wl-PORT.*, abstract @wl-PORT, unnamed pairs)
+ *   workload bench KIND N a guest-side benchmark: N rounds of CPU work (KIND cpu: integer
+ *                         arithmetic, no system call) or of system calls (KIND sys: a
+ *                         getppid and a 1-byte read of /dev/zero); prints "rounds N ns T",
+ *                         T the elapsed CLOCK_MONOTONIC time; N 0: count rounds for 1 s
+ *   workload spawn N      N children that wait in pause() (the process-count experiments),
+ *                         then exits; the children are reparented to init
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -394,8 +400,76 @@ static int net(int port, int connections)
 		pause();
 }
 
+static unsigned long long now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000000000ULL + t.tv_nsec;
+}
+
+static volatile unsigned long long bench_sink;
+
+static void bench_round(int sys, int zero)
+{
+	if (sys) {
+		char c;
+
+		bench_sink += getppid();
+		bench_sink += read(zero, &c, 1);
+	} else {
+		unsigned long long x = bench_sink | 1;
+
+		for (int i = 0; i < 200; i++)
+			x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+		bench_sink = x;
+	}
+}
+
+static int bench(const char *kind, long long rounds)
+{
+	int sys = !strcmp(kind, "sys");
+	int zero = open("/dev/zero", O_RDONLY);
+	unsigned long long start = now_ns(), done = 0;
+
+	if (zero < 0 || (!sys && strcmp(kind, "cpu")))
+		return 64;
+	if (rounds > 0) {
+		for (long long i = 0; i < rounds; i++)
+			bench_round(sys, zero);
+		done = rounds;
+	} else {
+		while (now_ns() - start < 1000000000ULL) {
+			for (int i = 0; i < 100; i++)
+				bench_round(sys, zero);
+			done += 100;
+		}
+	}
+	printf("rounds %llu ns %llu\n", done, now_ns() - start);
+	return 0;
+}
+
+static int spawn(int n)
+{
+	for (int i = 0; i < n; i++) {
+		pid_t pid = fork();
+
+		if (pid < 0)
+			return 1;
+		if (pid == 0) {
+			for (;;)
+				pause();
+		}
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc >= 4 && !strcmp(argv[1], "bench"))
+		return bench(argv[2], atoll(argv[3]));
+	if (argc >= 3 && !strcmp(argv[1], "spawn"))
+		return spawn(atoi(argv[2]));
 	if (argc >= 3 && !strcmp(argv[1], "threads"))
 		return threads(atoi(argv[2]));
 	if (argc >= 3 && !strcmp(argv[1], "files"))
@@ -418,6 +492,7 @@ int main(int argc, char **argv)
 		return counter();
 	}
 	fprintf(stderr, "usage: workload threads N | files DIR | listen PORT | counter | user UID | "
-		"sentinel FILE | signals FILE | fds N DIR | net PORT [N]\n");
+		"sentinel FILE | signals FILE | fds N DIR | net PORT [N] | bench cpu|sys N | "
+		"spawn N\n");
 	return 64;
 }

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudvmi.capability import Capability, Facade
+from cloudvmi.errors import CloudVMIError
 from cloudvmi.memory.base import PhysicalMemory
 from cloudvmi.os.linux import kernel as kernel_mod
 from cloudvmi.os.linux.kernel import LinuxKernel
@@ -32,10 +33,22 @@ class Linux(Facade):
 
     @property
     def kernel(self) -> LinuxKernel:
+        """The kernel, located once. What locating reads (the image, its symbol and type
+        tables, the kernel's page tables) does not change while the guest runs, and every
+        candidate is proved before it is taken, so a live guest is not held still for it
+        (a cold locate takes a fraction of a second); only if that fails is it tried again
+        with the guest held."""
         if self._kernel is None:
-            with self._snapshot():
+            types = TypeSources.default(self.symbols)
+            try:
                 self._kernel = kernel_mod.locate(self.phys, self.profile_cache, self.arch,
-                                                 types=TypeSources.default(self.symbols))
+                                                 types=types)
+            except CloudVMIError:
+                if not self.live:
+                    raise
+                with self._snapshot():
+                    self._kernel = kernel_mod.locate(self.phys, self.profile_cache,
+                                                     self.arch, types=types)
         return self._kernel
 
     def ready(self) -> None:

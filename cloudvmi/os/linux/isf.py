@@ -56,8 +56,9 @@ _ANON_NAME = re.compile(r"unnamed_[0-9a-f]+")
 _FORMAT = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})\.([0-9]{1,9})")
 _CHUNK = 1 << 20
 
-# Types of well-known kernel globals, for Volatility plugins that read them through their
-# symbol's type (kallsyms has addresses only; BTF types only per-cpu variables).
+# Types of well-known kernel globals, as the kernel declares them, for Volatility plugins
+# that read them through their symbol's type (kallsyms has addresses only; BTF types only
+# per-cpu variables). A kernel without the type leaves the symbol untyped.
 KNOWN_SYMBOL_TYPES = {
     "init_task": "struct task_struct",
     "init_mm": "struct mm_struct",
@@ -68,7 +69,36 @@ KNOWN_SYMBOL_TYPES = {
     "modules": "struct list_head",
     "super_blocks": "struct list_head",
     "net_namespace_list": "struct list_head",
+    "module_kset": "struct kset *",
+    "mod_tree": "struct mod_tree_root",
+    "module_addr_min": "unsigned long",
+    "module_addr_max": "unsigned long",
+    "cap_last_cap": "int",
+    "vmemmap_base": "unsigned long",
+    "page_offset_base": "unsigned long",
+    "vmalloc_base": "unsigned long",
+    "mem_map": "struct page *",
+    "ftrace_mod_maps": "struct list_head",
+    "ftrace_ops_trampoline_list": "struct list_head",
+    "bpf_kallsyms": "struct list_head",
+    "timekeeper": "struct timekeeper",
+    "tk_core": "struct tk_data",  # 6.13+; before, an anonymous struct (below)
 }
+# Globals of an anonymous struct type (`static struct { ... } tk_core`), told by their
+# members' names.
+ANONYMOUS_SYMBOL_TYPES = {
+    "tk_core": ("seq", "timekeeper"),
+}
+# Arrays whose length is a kernel constant (no BTF has it): their element type; the caller
+# gives the count it found (btf_to_isf's COUNTS).
+KNOWN_ARRAY_TYPES = {
+    "taint_flags": "struct taint_flag",  # const struct taint_flag taint_flags[TAINT_FLAGS_COUNT]
+}
+# Linker-defined section bounds (`extern char _text[]`): Volatility takes their addresses
+# through typed objects.
+SECTION_SYMBOLS = ("_text", "_stext", "_etext", "_sdata", "_edata", "__bss_start",
+                   "__bss_stop", "_end", "_sinittext", "_einittext", "__init_begin",
+                   "__init_end", "__start_rodata", "__end_rodata")
 
 
 # ----- loading
@@ -392,10 +422,12 @@ class _IsfToBtf:
 # ----- BTF -> ISF
 
 
-def btf_to_isf(btf: BTF, symbols: Mapping[str, int], banner: bytes) -> dict[str, Any]:
+def btf_to_isf(btf: BTF, symbols: Mapping[str, int], banner: bytes,
+               counts: Mapping[str, int] | None = None) -> dict[str, Any]:
     """A Volatility 3 ISF of the kernel: BTF's types, kallsyms' addresses, and BANNER (the
-    linux_banner bytes, as in memory) as the identifier Volatility matches memory against."""
-    return _BtfToIsf(btf).run(symbols, banner)
+    linux_banner bytes, as in memory) as the identifier Volatility matches memory against.
+    COUNTS: the lengths of KNOWN_ARRAY_TYPES' arrays, where the caller knows them."""
+    return _BtfToIsf(btf).run(symbols, banner, counts or {})
 
 
 class _BtfToIsf:
@@ -409,7 +441,8 @@ class _BtfToIsf:
         self.depth = 0
         self.base_types: dict[str, dict[str, Any]] = {}
 
-    def run(self, symbols: Mapping[str, int], banner: bytes) -> dict[str, Any]:
+    def run(self, symbols: Mapping[str, int], banner: bytes, counts: Mapping[str, int]
+            ) -> dict[str, Any]:
         btf = self.btf
         endian = "little" if btf.endian == "<" else "big"
         by_kind: dict[Kind, list[int]] = {}
@@ -456,7 +489,8 @@ class _BtfToIsf:
             "base_types": self.base_types,
             "user_types": user_types,
             "enums": enums,
-            "symbols": self._symbols(symbols, banner, by_kind.get(Kind.VAR, [])),
+            "symbols": self._symbols(symbols, banner, by_kind.get(Kind.VAR, []), counts,
+                                     composites),
         }
 
     def _metadata(self) -> dict[str, Any]:
@@ -629,8 +663,8 @@ class _BtfToIsf:
             self.names[tid] = name
         return name, body
 
-    def _symbols(self, symbols: Mapping[str, int], banner: bytes, variables: list[int]
-                 ) -> dict[str, Any]:
+    def _symbols(self, symbols: Mapping[str, int], banner: bytes, variables: list[int],
+                 counts: Mapping[str, int], composites: list[int]) -> dict[str, Any]:
         btf = self.btf
         out: dict[str, Any] = {name: {"address": int(addr)} for name, addr in symbols.items()}
         for tid in variables:  # per-cpu variables: BTF knows their types
@@ -641,6 +675,22 @@ class _BtfToIsf:
             if name in out and "type" not in out[name]:
                 with contextlib.suppress(ProfileError):  # this kernel has no such type
                     out[name]["type"] = self._desc(btf.lookup(spec))
+        for name, spec in KNOWN_ARRAY_TYPES.items():
+            count = counts.get(name)
+            if name in out and "type" not in out[name] and count is not None:
+                with contextlib.suppress(ProfileError):
+                    out[name]["type"] = {"kind": "array", "count": _int(count, name, 0, _U32),
+                                         "subtype": self._desc(btf.lookup(spec))}
+        for name, members in ANONYMOUS_SYMBOL_TYPES.items():
+            if name in out and "type" not in out[name]:
+                tid = next((t for t in composites if not btf.name(t) and tuple(
+                    m.name for m in btf.type(t).members) == members), None)
+                if tid is not None:
+                    out[name]["type"] = self._desc(tid)
+        char = {"kind": "base", "name": "char"}
+        for name in SECTION_SYMBOLS:
+            if name in out and "type" not in out[name]:
+                out[name]["type"] = {"kind": "array", "count": 0, "subtype": char}
         data = banner.split(b"\0", 1)[0] + b"\0"  # the C string, as the scanner sees memory
         out["linux_banner"] = {
             "address": int(symbols.get("linux_banner", 0)),

@@ -49,6 +49,11 @@ class AgentStub:
                 request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
                 response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
                 _registered_method=True)
+        self.Read = channel.unary_unary(
+                '/cloudvmi.v1.Agent/Read',
+                request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
+                response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
+                _registered_method=True)
         self.Channel = channel.stream_stream(
                 '/cloudvmi.v1.Agent/Channel',
                 request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
@@ -74,6 +79,16 @@ class AgentServicer:
     def InvokeOne(self, request, context):
         """The same for a call whose payload fits in its first message (most calls): one request
         message saves the streaming request's round of thread hand-offs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Read(self, request, context):
+        """A read (a view, a memory read) whose answer fits one message: unary, the cheapest round
+        trip gRPC has. An answer over the message limit is not sent (OUT_OF_RANGE, "TooLarge"):
+        the client asks again through InvokeOne, which streams it. Reads only: asking again
+        must not do anything twice.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +120,11 @@ def add_AgentServicer_to_server(servicer, server):
             ),
             'InvokeOne': grpc.unary_stream_rpc_method_handler(
                     servicer.InvokeOne,
+                    request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.FromString,
+                    response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.SerializeToString,
+            ),
+            'Read': grpc.unary_unary_rpc_method_handler(
+                    servicer.Read,
                     request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.FromString,
                     response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.SerializeToString,
             ),
@@ -193,6 +213,33 @@ class Agent:
             request,
             target,
             '/cloudvmi.v1.Agent/InvokeOne',
+            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
+            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Read(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cloudvmi.v1.Agent/Read',
             cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
             cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
             options,
