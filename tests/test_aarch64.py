@@ -111,6 +111,20 @@ def test_process_space_has_both_roots(ram):
                      (0xFFFF_0000_0000_0000, BASE + 0x10_0000)}
 
 
+def test_52_bit_process_root_is_a_128_byte_slab_object(ram):
+    """With 5 levels a process's top table has 16 entries and Linux allocates it from a
+    slab of 128-byte objects: the root need not be page-aligned."""
+    kernel = build(ram, 5, 0xFFF0_0000_0000_0000, BASE + 0x10_0000,
+                   [BASE + i * 0x1000 for i in range(5)], encode=lpa2)
+    user_va = 0x0000_FFFF_E98D_0FB9  # a 48-bit user address (a stack) in a 52-bit space
+    user = build(ram, 5, user_va, BASE + 0x20_0000,
+                 [BASE + 0x8180] + [BASE + 0x9000 + i * 0x1000 for i in range(4)], encode=lpa2)
+    space = AddressSpace(ram, user, 5, kernel_root=kernel)
+    assert space.translate(user_va) == BASE + 0x20_0FB9
+    assert space.translate(0xFFF0_0000_0000_0040) == BASE + 0x10_0040
+    assert {m.vbase for m in space.mappings()} == {user_va & ~0xFFF, 0xFFF0_0000_0000_0000}
+
+
 @pytest.mark.parametrize("bits, writable", [(0, True), (RDONLY, False), (RDONLY | DBM, True)])
 def test_writable_follows_ap2_and_dbm(ram, bits, writable):
     va = 0x0000_0000_0040_0000

@@ -6,7 +6,7 @@ half, TTBR0_EL1 (a process's mm->pgd) the lower one."""
 
 import struct
 
-from cloudvmi.arch.paging import PAGE, Mapping, PagedSpace, TranslationCache
+from cloudvmi.arch.paging import Mapping, PagedSpace, TranslationCache
 from cloudvmi.errors import GuestMemoryError, UnmappedAddress
 from cloudvmi.memory.base import PhysicalMemory
 
@@ -40,10 +40,15 @@ class AddressSpace(PagedSpace):
         self._va_bits = VA_BITS[levels]
         self._lpa2 = levels == 5
         self._top_shift = 12 + 9 * (levels - 1)
+        # The top table of a 52-bit (LPA2) space has 16 entries, not 512, and Linux takes a
+        # process's from a slab of 128-byte objects (arch/arm64/mm/pgd.c): its root is
+        # aligned to the table's size only, not to a page.
+        self._top_entries = 1 << (self._va_bits - self._top_shift)
+        align = ~(self._top_entries * 8 - 1)
         if kernel_root is None:
-            self.root, self.user_root = root & ~0xFFF, None
+            self.root, self.user_root = root & align, None
         else:
-            self.root, self.user_root = kernel_root & ~0xFFF, root & ~0xFFF
+            self.root, self.user_root = kernel_root & align, root & align
 
     def _root_of(self, vaddr: int) -> int | None:
         """The table that translates VADDR, or None for an address outside both halves."""
@@ -95,8 +100,8 @@ class AddressSpace(PagedSpace):
 
         def walk(table: int, shift: int, base: int, entries: int = 512):
             nonlocal count
-            raw = self.phys.read(table, PAGE)
-            for index, entry in enumerate(struct.unpack("<512Q", raw)[:entries]):
+            raw = self.phys.read(table, entries * 8)
+            for index, entry in enumerate(struct.unpack(f"<{entries}Q", raw)):
                 if not entry & VALID:
                     continue
                 vbase = base | (index << shift)
@@ -113,8 +118,7 @@ class AddressSpace(PagedSpace):
                 else:
                     yield from walk(address, shift - 9, vbase)
 
-        # The top table of a 52-bit (LPA2) space has 16 entries, not 512.
-        top_entries = 1 << (self._va_bits - self._top_shift)
+        top_entries = self._top_entries
         if self.user_root is not None:
             yield from walk(self.user_root, self._top_shift, 0, top_entries)
         yield from walk(self.root, self._top_shift, high, top_entries)

@@ -150,7 +150,7 @@ class LinuxKernel:
         space = self._user_spaces.get(pgd_virt)
         if space is None:
             pgd_phys = self.direct_phys_of(pgd_virt)
-            if not self.phys.contains(pgd_phys, 4096):
+            if not self.phys.contains(pgd_phys & ~0xFFF, 4096):  # arm64's may be a slab object
                 raise UnmappedAddress(pgd_virt, "page-table root (mm->pgd)")
             space = self.arch.address_space(self.phys, pgd_phys, self.levels,
                                             self.arch.translation_cache(4096),
