@@ -96,11 +96,12 @@ class VM:
 
             if self.qmp is None:
                 raise CloudVMIError(f"{self.name} is not a running VM: nothing to change")
-            if not self.phys.writable:
-                raise CloudVMIError("attach with writable=True to change the guest")
+            # The architecture first: attaching writable again would not help.
             if not self.arch.writable:
                 raise CloudVMIError(f"changing {self.arch.name} guests is not available yet "
                                     "(no system-call injection for this architecture)")
+            if not self.phys.writable:
+                raise CloudVMIError("attach with writable=True to change the guest")
             if not self._journal_path().exists():  # else we stopped it: recovery resumes it
                 self._check_running()  # connecting would stop it, and closing resume it
             address = self.gdb_address
