@@ -76,6 +76,23 @@ def guest_images(tmp_path_factory):
 
 
 
+# What tests/test_arm64_live.py compares with beyond the views' truth, asked of the guest
+# before it is paused (so its one guest per kernel serves both).
+CONSOLE_FACTS = {
+    "procview": "cloudvmi-procview -t",
+    "machine": "uname -m",
+    "cmdline": "cat /proc/cmdline",
+    "kallsyms-text": "grep -E ' (_text|_stext)$' /proc/kallsyms || true",
+    "iomem": "cat /proc/iomem",
+}
+
+
+def _record_console(g, dest: Path) -> None:
+    dest.mkdir()
+    for name, command in CONSOLE_FACTS.items():
+        (dest / name).write_text(g.console.check(command, timeout=180))
+
+
 @pytest.fixture(scope="session")
 def viewed(tmp_path_factory, profile_dir):
     """viewed(VERSION) -> (vm, truth): a lab guest of VERSION running the workload, its own
@@ -107,6 +124,8 @@ def viewed(tmp_path_factory, profile_dir):
                    mem="256M" if arch == "arm64" else "512M", arch=arch)
         guests.append(g)
         truth = capture(g, tmp_path_factory.mktemp(f"truth-{version}"))
+        if arch == "arm64":
+            _record_console(g, truth / "console")
         with QMP(str(g.qmp_path)) as qmp:
             qmp.execute("stop")
         made[version] = (attach(g.name, profile_cache=profile_dir), truth)
