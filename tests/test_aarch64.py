@@ -174,3 +174,10 @@ def test_architecture_names():
     for missing in ("fork", "open", "dup2"):
         with pytest.raises(ValueError):
             abi.nr(missing)
+
+
+def test_ttbr0_table_address_drops_asid_and_cnp_and_keeps_52_bit_baddr():
+    root = arches.get("arm64").page_table_root
+    assert root({"ttbr0_el1": 0x0042_0000_4123_4081}) == 0x4123_4080  # ASID 0x42, CnP
+    assert root({"ttbr0_el1": 0x0000_0000_4123_4080 | 0b0011 << 2}) == 0x0003_0000_4123_4080
+

@@ -43,6 +43,13 @@ def _direct_map(read_u64: Callable[[str], int | None], maps: Callable[[int, int]
     return PAGE_OFFSETS[levels], memstart % (1 << 64)
 
 
+def _ttbr_table(regs: dict[str, int]) -> int:
+    """TTBR0_EL1's table address: BADDR[47:6], and with 52-bit output addresses BADDR[51:48]
+    in bits 5:2 (RES0 otherwise); the ASID (63:48) and CnP (bit 0) dropped."""
+    ttbr = regs["ttbr0_el1"]
+    return (ttbr & 0x0000_FFFF_FFFF_FFC0) | ((ttbr >> 2) & 0xF) << 48
+
+
 def _not_yet(*_args, **_kwargs):
     raise NotImplementedError("system-call injection on arm64 guests is not available")
 
@@ -59,7 +66,7 @@ ARCH = Arch(
     direct_map_base=_direct_map, default_text=KIMAGE_VADDR,
     saved_registers=(*(f"x{i}" for i in range(31)), "sp", "pc", "cpsr"),
     pc="pc", user_mode=lambda regs: regs["cpsr"] & 0xF == 0,
-    page_table_root=lambda regs: regs["ttbr0_el1"] & 0x0000_FFFF_FFFF_FFFE,
+    page_table_root=_ttbr_table,
     pt_regs={}, tif_sigpending=0, syscall_entry="el0t_64_sync", entry_return_pc="elr_el1",
     syscall=abi.ABI, batch_code=b"", batch_done=0, resume_stub=_not_yet,
     helper_code=b"", helper_parked=0, helper_register="x28",
