@@ -112,8 +112,9 @@ def viewed(tmp_path_factory, profile_dir):
         if version in made:
             return made[version]
         corpus = os.environ.get(CORPUS_ENV)
-        if corpus and (Path(corpus) / version).is_dir():
-            root = Path(corpus) / version
+        # "arm64:6.1" is kept as arm64-6.1: a ':' would split its symbols path in two
+        if corpus and (Path(corpus) / version.replace(":", "-")).is_dir():
+            root = Path(corpus) / version.replace(":", "-")
             symbols = root / "symbols"  # a System.map, for a kernel whose kallsyms lacks data
             made[version] = (attach(str(root / "guest.elf"), profile_cache=profile_dir,
                                     symbols=str(symbols) if symbols.is_dir() else None),
