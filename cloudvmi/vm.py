@@ -61,6 +61,15 @@ class VM:
         self._linux = None
         self._gdb = None
         self._guest = None
+        self._arch = None
+
+    @property
+    def arch(self):
+        """The guest's CPU architecture (cloudvmi.arch.Arch), found, never assumed: from QEMU's
+        query-target, a dump's ELF machine, or for a raw RAM image the kernel's own note."""
+        if self._arch is None:
+            self._arch = _detect_arch(self)
+        return self._arch
 
     @property
     def live(self) -> bool:
@@ -87,6 +96,10 @@ class VM:
 
             if self.qmp is None:
                 raise CloudVMIError(f"{self.name} is not a running VM: nothing to change")
+            # The architecture first: attaching writable again would not help.
+            if not self.arch.writable:
+                raise CloudVMIError(f"changing {self.arch.name} guests is not available yet "
+                                    "(no system-call injection for this architecture)")
             if not self.phys.writable:
                 raise CloudVMIError("attach with writable=True to change the guest")
             if not self._journal_path().exists():  # else we stopped it: recovery resumes it
@@ -274,6 +287,26 @@ class VM:
         self.close()
 
 
+def _detect_arch(vm: "VM"):
+    from cloudvmi import arch as arches
+
+    try:
+        if vm.qmp is not None:
+            return arches.from_qemu(vm.qmp.execute("query-target")["arch"])
+        if vm.dump is not None and vm.dump.machine:
+            return arches.from_elf_machine(vm.dump.machine)
+    except ValueError as exc:
+        raise CloudVMIError(f"{vm.name}: {exc}") from None
+    from cloudvmi.os.linux.vmcoreinfo import find_vmcoreinfo
+
+    for note in find_vmcoreinfo(vm.phys):  # a raw image: the kernel's note tells its layout
+        if note.number("kimage_voffset") is not None:
+            return arches.get("arm64")
+        if note.number("phys_base") is not None:
+            return arches.get("x86_64")
+    return arches.get("x86_64")  # a raw image without a note: x86-64's the only guess left
+
+
 def check_exec_args(timeout: float, cwd: str) -> None:
     """vm.exec's TIMEOUT within the bounds `run` declares, and its guest CWD absolute (the
     program's relative paths resolve against it): checked before a guest thread is held."""
@@ -334,7 +367,7 @@ def attach(target: str, writable: bool = False, profile_cache: Path | None | str
     kernel without BTF are (a BTF file, an ISF, a vmlinux or a directory of them), before
     $CLOUDVMI_SYMBOLS and the settings."""
     vm = _attach(target, writable, profile_cache, finders)
-    vm.symbols = symbols
+    vm.symbols = symbols or vm.symbols
     return vm
 
 
@@ -353,7 +386,9 @@ def _attach(target: str, writable: bool, profile_cache: Path | None | str,
     found = discovery.find(target, finders)
     if found is None:
         raise CloudVMIError(f"{target!r} is not a known VM, a QMP socket or a dump file")
-    return _attach_monitor(found.open_monitor(), target, writable, cache, found.gdb)
+    vm = _attach_monitor(found.open_monitor(), target, writable, cache, found.gdb)
+    vm.symbols = found.symbols
+    return vm
 
 
 def _attach_monitor(qmp, name: str, writable: bool, cache: Path | None,

@@ -7,3 +7,13 @@ tested the day it is uploaded, with no change here."""
 KERNELS = ["5.10", "6.1", "6.12", "unstable"]
 WRITABLE = ["6.1", "6.12", "unstable"]  # where the writable round trips run
 NEWEST = KERNELS[-1]
+# arm64 guests (TCG emulation of AArch64 is slower here: views only, one guest per kernel).
+# "arm64:6.1" is Debian's 48-bit kernel without KALLSYMS_ALL, "arm64:6.12" its 52-bit (LPA2)
+# one on a CPU that has FEAT_LPA2, so both translation depths are shown.
+ARM64 = ["arm64:6.1", "arm64:6.12"]
+
+
+def split(kernel: str) -> tuple[str, str]:
+    """("arm64", "6.1") for "arm64:6.1"; ("x86_64", "6.1") for "6.1"."""
+    arch, _, version = kernel.rpartition(":")
+    return arch or "x86_64", version

@@ -39,7 +39,12 @@ def processes(guest, threads: bool = False) -> dict[int, GuestTask]:
 
     The listing script and the processes it started are left out: they are not the workload.
     """
-    out = guest.console.check("cloudvmi-procview" + (" -t" if threads else ""), timeout=180)
+    return parse_processes(
+        guest.console.check("cloudvmi-procview" + (" -t" if threads else ""), timeout=180))
+
+
+def parse_processes(out: str) -> dict[int, GuestTask]:
+    """`cloudvmi-procview`'s output (kept, or just read) as processes by pid."""
     tasks: dict[int, GuestTask] = {}
     script = -1
     for line in out.splitlines():
@@ -74,7 +79,10 @@ def _descends(tasks: dict[int, GuestTask], pid: int, ancestor: int) -> bool:
 
 def modules(guest) -> dict[str, tuple[int, int, str]]:
     """/proc/modules: name -> (size, refcount, state)."""
-    out = guest.console.check("cat /proc/modules")
+    return parse_modules(guest.console.check("cat /proc/modules"))
+
+
+def parse_modules(out: str) -> dict[str, tuple[int, int, str]]:
     mods = {}
     for line in out.splitlines():
         f = line.split()

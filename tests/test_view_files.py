@@ -50,9 +50,11 @@ def _truth_fds(truth: Path) -> dict[int, dict[int, dict]]:
 
 
 def _capturing_shell(truth_fds: dict[int, dict[int, dict]]) -> int | None:
-    """The serial-console shell that ran the capture (its stdin is /dev/ttyS*)."""
+    """The serial-console shell that ran the capture (its stdin is /dev/ttyS*, or on arm64
+    the PL011's /dev/ttyAMA*)."""
     return next((pid for pid, fds in truth_fds.items()
-                 if fds.get(0, {}).get("path", "").startswith("/dev/ttyS")), None)
+                 if fds.get(0, {}).get("path", "").startswith(("/dev/ttyS", "/dev/ttyAMA"))),
+                None)
 
 
 def _workload_pid(truth: Path) -> int:

@@ -33,6 +33,13 @@ def _truth_modules(truth) -> list[str]:
     return [line.split()[0] for line in (truth / "modules").read_text().splitlines() if line]
 
 
+@pytest.fixture(scope="module", params=KERNELS)
+def seen(request, viewed):
+    """x86-64 guests only: the checks of system-call and interrupt tables and of module
+    memory are x86-64's (on arm64 the view says it did not run them)."""
+    return viewed(request.param)
+
+
 def test_a_clean_guest_has_no_findings(seen):
     vm, _ = seen
     result = vm.linux.integrity()

@@ -62,6 +62,14 @@ class Arch:
     # of NUMBER(name)); None when the note lacks what this architecture needs
     image_offset: Callable[[Callable[[str], int | None]], int | None]
     kernel_space: int  # addresses at or above this are the kernel's
+    kernel_pgd_symbols: tuple[str, ...]  # the kernel's top page table, first found wins
+    # Paging depth from the kernel image: read(symbol, size) -> bytes, or None without it
+    paging_levels: Callable[[Callable[[str, int], bytes | None]], int]
+    # The direct map as (virtual base, physical address there), from the image's variables
+    # (read_u64(symbol) -> int | None) and a check that a virtual address maps a physical one
+    direct_map_base: Callable[[Callable[[str], int | None], Callable[[int, int], bool],
+                               int, int], tuple[int, int]]
+    default_text: int  # where _text is linked before KASLR (a layout's, for the slide)
     # Registers
     saved_registers: tuple[str, ...]  # those an injection may change and must put back
     pc: str
@@ -81,8 +89,16 @@ class Arch:
     helper_parked: int  # offset where the hijacked thread parks once the helper is forked
     helper_register: str  # the register that carries the mailbox address
     capstone: tuple[str, str]  # capstone's architecture and mode constants, by name
-    address_space: Callable[..., Any]  # AddressSpace(phys, root, levels, cache=None)
+    # AddressSpace(phys, root, levels, cache=None, kernel_root=None): a process's space is
+    # its root with, where the CPU has a second root for the kernel half, KERNEL_ROOT
+    address_space: Callable[..., Any]
     translation_cache: Callable[..., Any]
+    # The kernel image's variable holding (virtual - physical) of the image (arm64's
+    # kimage_voffset): the slide read, then checked on the page tables; None: search them
+    image_voffset_symbol: str | None = None
+    qemu_names: tuple[str, ...] = ()  # QMP query-target's "arch" for this CPU
+    elf_machine: str = ""  # a dump's e_machine, as pyelftools names it
+    writable: bool = True  # system calls can be injected (registers, batch, helper known)
 
     @property
     def pointer(self) -> struct.Struct:

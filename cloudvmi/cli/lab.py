@@ -11,6 +11,7 @@ from cloudvmi.cli.output import emit_json, error, say, table, wide_option
 from cloudvmi.cli.progress import status
 from cloudvmi.errors import CloudVMIError
 from cloudvmi.lab import guest as lab_guest
+from cloudvmi.lab.guest import MACHINES
 from cloudvmi.lab.kernels import FLAVOURS
 
 
@@ -38,6 +39,8 @@ def lab() -> None:
 @click.option("--kernel", default="6.1", show_default=True,
               help="Debian kernel: a version (5.10, 6.1, 7.2, …) or a suite (unstable).")
 @click.option("--flavour", type=click.Choice(list(FLAVOURS)), default="generic", show_default=True)
+@click.option("--arch", type=click.Choice(list(MACHINES)), default="x86_64", show_default=True,
+              help="Guest architecture (arm64: qemu-system-aarch64 -M virt -cpu max, TCG).")
 @click.option("--mem", default="256M", show_default=True, help="Guest RAM, e.g. 256M or 4G.")
 @click.option("--smp", default=1, show_default=True, help="Number of vCPUs.")
 @click.option("--paging", type=click.Choice(["4", "5"]), default="5", show_default=True,
@@ -52,13 +55,14 @@ def lab() -> None:
               help="Guest RAM in a shared-memory file (fast); without it CloudVMI reads "
                    "/proc/<qemu>/mem.")
 @click.option("--json", "as_json", is_flag=True)
-def up(name: str, kernel: str, flavour: str, mem: str, smp: int, paging: str, extra_procs: int,
+def up(name: str, kernel: str, flavour: str, arch: str, mem: str, smp: int, paging: str,
+       extra_procs: int,
        accel: str, busy: bool, shm: bool, as_json: bool) -> None:
     """Boot lab guest NAME and wait until its workload runs."""
     start = time.monotonic()
     try:
-        with status(f"Booting {name} (Linux {kernel} {flavour})…", hide=as_json):
-            g = lab_guest.up(name, kernel=kernel, flavour=flavour, mem=mem, smp=smp,
+        with status(f"Booting {name} (Linux {kernel} {flavour} {arch})…", hide=as_json):
+            g = lab_guest.up(name, kernel=kernel, flavour=flavour, arch=arch, mem=mem, smp=smp,
                              paging=int(paging), extra_procs=extra_procs, accel=accel,
                              shm=shm, busy=busy)
     except CloudVMIError as exc:
@@ -76,6 +80,7 @@ def ls_(as_json: bool) -> None:
     """List lab guests."""
     guests = lab_guest.list_guests()
     rows = [{"name": g.name, "running": g.running(), "pid": g.pid, "kernel": g.meta["release"],
+             "arch": g.meta.get("arch", "x86_64"),
              "mem_mib": g.meta["mem_mib"], "smp": g.meta["smp"], "paging": g.meta["paging"],
              "qmp": str(g.qmp_path)} for g in guests]
     if as_json:

@@ -129,10 +129,11 @@ def vms(as_json: bool, local: bool, nodes: str | None, srv: str | None, dns: str
 
             found = discovery.running()
             if as_json:
-                return emit_json([{"name": f.name, "kind": f.kind, "detail": f.detail}
-                                  for f in found])
-            return table("VMs", ["VM", "KIND", "STATE", "DETAIL"],
-                         [(f.target, f.kind, "running", f.detail) for f in found])
+                return emit_json([{"name": f.name, "kind": f.kind, "arch": f.arch or None,
+                                   "detail": f.detail} for f in found])
+            return table("VMs", ["VM", "KIND", "ARCH", "STATE", "DETAIL"],
+                         [(f.target, f.kind, f.arch or "?", "running", f.detail)
+                          for f in found])
 
         answers = fleet_inventory(nodes, srv, dns, timeout).fan_out(lambda node: node.vms())
         rows, out = [], {}

@@ -30,6 +30,8 @@ class Found:
     detail: str = ""
     connect: Callable[[], object] | None = None  # opens a monitor like control.qmp.QMP
     key: str = ""  # names the VM on this host, when it has no QMP socket
+    symbols: str | None = None  # where its kernel's outside symbols are (--symbols), if known
+    arch: str = ""  # the guest's architecture, where the finder knows it without asking QEMU
 
     @property
     def vm_key(self) -> str:

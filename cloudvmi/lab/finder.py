@@ -7,7 +7,8 @@ from cloudvmi.lab import guest as lab
 
 def _found(g: lab.LabGuest) -> Found:
     return Found(g.name, "lab", str(g.qmp_path), g.gdb_socket,
-                 g.meta.get("release", ""))
+                 g.meta.get("release", ""), symbols=g.meta.get("symbols"),
+                 arch=g.meta.get("arch", "x86_64"))
 
 
 def find(name: str, strict: bool = False) -> Found | None:

@@ -19,6 +19,15 @@ from cloudvmi.lab.console import Console
 from cloudvmi.lab.paths import run_dir
 
 QEMU = "qemu-system-x86_64"
+# Per guest architecture: the QEMU binary, its Debian package, the machine, the console.
+MACHINES = {
+    "x86_64": {"qemu": QEMU, "package": "qemu-system-x86", "machine": "pc",
+               "console": "ttyS0"},
+    # virt's RAM starts at 1 GiB guest-physical; its UART is a PL011. TCG only: this host
+    # runs no arm64 guest in hardware.
+    "arm64": {"qemu": "qemu-system-aarch64", "package": "qemu-system-arm",
+              "machine": "virt,gic-version=3", "console": "ttyAMA0"},
+}
 READY = "cloudvmi-lab: workload started"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 
@@ -100,12 +109,18 @@ def up(
     netns: str | None = None,
     busy: bool = True,
     boot_timeout: float = 300.0,
+    arch: str = "x86_64",
 ) -> LabGuest:
     """Boot a lab guest and wait until its workload runs and its console answers."""
     if not NAME_RE.fullmatch(name):
         raise LabError(f"bad guest name {name!r}: letters, digits, '.', '_' and '-' only")
-    if shutil.which(QEMU) is None:
-        raise MissingDependency(f"{QEMU} is needed for lab guests: apt-get install qemu-system-x86")
+    if arch not in MACHINES:
+        raise LabError(f"unknown architecture {arch!r}; choose from {', '.join(MACHINES)}")
+    machine = MACHINES[arch]
+    qemu = machine["qemu"]
+    if shutil.which(qemu) is None:
+        raise MissingDependency(f"{qemu} is needed for {arch} lab guests: "
+                                f"apt-get install {machine['package']}")
     if paging not in (4, 5):
         raise LabError("paging must be 4 or 5 (levels)")
     gdir = run_dir() / name
@@ -114,23 +129,24 @@ def up(
         if old.running():
             raise LabError(f"lab guest {name!r} is already running (pid {old.pid})")
         _cleanup(old)
-    lab_kernel = kernels.fetch(kernel, flavour)
+    lab_kernel = kernels.fetch(kernel, flavour, arch)
     initrd = initramfs.build(lab_kernel)
     mem_mib = parse_size(mem)
     gdir.mkdir(parents=True, exist_ok=True)
     os.chmod(gdir, 0o700)  # its gdbstub and QMP sockets: no other user may reach them
     shm_path = Path("/dev/shm") / f"cloudvmi-{name}"
-    cpu_args = qemu_accel_args(accel)
-    if paging == 4:
+    cpu_args = qemu_accel_args(accel) if arch == "x86_64" else _arm64_cpu(accel, paging)
+    if paging == 4 and arch == "x86_64":
         cpu_args[-1] += ",la57=off"
-    append = (f"console=ttyS0 panic=-1 quiet cloudvmi.extra={int(extra_procs)} "
-              f"cloudvmi.busy={int(busy)}")
+    append = (f"console={machine['console']} panic=-1 quiet "
+              f"cloudvmi.extra={int(extra_procs)} cloudvmi.busy={int(busy)}")
     cmd = [
-        QEMU, *cpu_args, "-m", str(mem_mib), "-smp", str(smp), "-nodefaults",
+        qemu, *cpu_args, "-m", str(mem_mib), "-smp", str(smp), "-nodefaults",
         "-display", "none", "-no-reboot",
         "-kernel", str(lab_kernel.vmlinuz), "-initrd", str(initrd), "-append", append,
         *(["-object", f"memory-backend-file,id=mem,size={mem_mib}M,mem-path={shm_path},share=on",
-            "-machine", "pc,memory-backend=mem"] if shm else ["-machine", "pc"]),
+            "-machine", f"{machine['machine']},memory-backend=mem"] if shm
+          else ["-machine", machine["machine"]]),
         "-qmp", f"unix:{gdir / 'qmp.sock'},server=on,wait=off",
         "-gdb", f"unix:{gdir / 'gdb.sock'},server=on,wait=off",
         "-chardev", f"socket,id=ser0,path={gdir / 'serial.sock'},server=on,wait=off,"
@@ -147,7 +163,7 @@ def up(
     pid = int((gdir / "qemu.pid").read_text())
     meta = {
         "name": name, "pid": pid, "shm": str(shm_path) if shm else None,
-        "kernel": kernel,
+        "kernel": kernel, "arch": arch, "symbols": str(lab_kernel.symbols),
         "flavour": flavour, "release": lab_kernel.release, "mem_mib": mem_mib, "smp": smp,
         "paging": paging, "accel": cpu_args[1], "extra_procs": extra_procs,
         "started": time.time(), "cmdline": cmd, "netns": netns,
@@ -160,6 +176,17 @@ def up(
         down(name)
         raise
     return guest
+
+
+def _arm64_cpu(accel: str, paging: int) -> list[str]:
+    """TCG's `max` CPU. Its pointer authentication uses QEMU's cheap implementation-defined
+    algorithm (the architected QARMA costs most of TCG's time). PAGING 4 turns FEAT_LPA2 off,
+    so a kernel built for 52-bit virtual addresses falls back to 48 bits (4 levels); 5
+    leaves it on, as a CPU that has it."""
+    if accel == "kvm":
+        raise LabError("arm64 lab guests run under TCG on this host (no arm64 KVM)")
+    cpu = "max,pauth-impdef=on" + (",lpa2=off" if paging == 4 else "")
+    return ["-accel", "tcg", "-cpu", cpu]
 
 
 def _wait_ready(guest: LabGuest, timeout: float) -> None:

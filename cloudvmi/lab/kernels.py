@@ -20,6 +20,12 @@ from cloudvmi.lab.paths import sub
 SUITES = ("bullseye", "bookworm", "trixie", "unstable")
 ALIASES = {"sid": "unstable"}
 FLAVOURS = {"generic": "amd64", "cloud": "cloud-amd64", "rt": "rt-amd64"}
+# Debian's architecture names and each one's kernel flavours (package suffixes).
+ARCHES = {"x86_64": "amd64", "arm64": "arm64"}
+ARCH_FLAVOURS = {
+    "x86_64": FLAVOURS,
+    "arm64": {"generic": "arm64", "cloud": "cloud-arm64", "rt": "rt-arm64"},
+}
 SUITE_REFRESH = 24 * 3600.0  # seconds before a kernel asked for by suite is looked up again
 MIRROR = "http://deb.debian.org/debian"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -35,12 +41,27 @@ class LabKernel:
     version: str  # "6.1"
     flavour: str  # "generic" | "cloud"
     release: str  # uname -r, e.g. "6.1.0-50-amd64"
-    vmlinuz: Path
+    # The lab kernel's folder: its System.map-RELEASE (kallsyms of arm64 6.1 holds code only)
+    vmlinuz: Path  # what QEMU's -kernel takes (an arm64 Image.gz is unpacked to Image)
     modules: tuple[Path, ...]  # uncompressed .ko files to load in the guest
+    arch: str = "x86_64"  # "x86_64" or "arm64"
+
+    @property
+    def symbols(self) -> Path:
+        """Where the build's System.map is (a --symbols directory)."""
+        return self.vmlinuz.parent
 
 
-def _apt_options(root: Path) -> list[str]:
+def _check_arch(arch: str) -> str:
+    if arch not in ARCHES:
+        raise CloudVMIError(f"unknown lab architecture {arch!r}; choose from {', '.join(ARCHES)}")
+    return arch
+
+
+def _apt_options(root: Path, arch: str = "x86_64") -> list[str]:
     return [
+        "-o", f"APT::Architecture={ARCHES[arch]}",
+        "-o", f"APT::Architectures={ARCHES[arch]}",
         "-o", f"Dir::Etc::SourceList={root / 'sources.list'}",
         "-o", "Dir::Etc::SourceParts=/dev/null",
         "-o", f"Dir::State::Lists={root / 'lists'}",
@@ -50,10 +71,10 @@ def _apt_options(root: Path) -> list[str]:
     ]
 
 
-def _apt_root(max_age: float | None = None) -> Path:
-    """A private apt state that knows the lab's suites, leaving the host's sources alone;
-    refreshed when older than MAX_AGE seconds (a suite name follows its suite)."""
-    root = sub("apt")
+def _apt_root(max_age: float | None = None, arch: str = "x86_64") -> Path:
+    """A private apt state per architecture that knows the lab's suites, leaving the host's
+    sources alone; refreshed when older than MAX_AGE seconds (a suite name follows its suite)."""
+    root = sub("apt" if arch == "x86_64" else f"apt-{ARCHES[arch]}")
     (root / "lists" / "partial").mkdir(parents=True, exist_ok=True)
     (root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
     sources = "".join(
@@ -68,7 +89,7 @@ def _apt_root(max_age: float | None = None) -> Path:
     stale = max_age is not None and lists and time.time() - min(
         f.stat().st_mtime for f in lists) > max_age
     if not lists or stale:
-        _run(["apt-get", *_apt_options(root), "update"], "apt-get update")
+        _run(["apt-get", *_apt_options(root, arch), "update"], "apt-get update")
         for f in (root / "lists").glob("*Packages*"):
             f.touch()
     return root
@@ -84,12 +105,13 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
 
 
 @functools.cache
-def _meta_stanzas(flavour: str) -> list[tuple[str, str, list[str]]]:
+def _meta_stanzas(flavour: str, arch: str = "x86_64") -> list[tuple[str, str, list[str]]]:
     """(version, suite, depends) of every linux-image-FLAVOUR meta-package apt knows (asked
     once per process: apt-cache takes seconds)."""
-    root = _apt_root()
-    meta = f"linux-image-{FLAVOURS[flavour]}"
-    policy = _run(["apt-cache", *_apt_options(root), "madison", meta], "look up kernel packages")
+    root = _apt_root(arch=arch)
+    meta = f"linux-image-{ARCH_FLAVOURS[arch][flavour]}"
+    policy = _run(["apt-cache", *_apt_options(root, arch), "madison", meta],
+                  "look up kernel packages")
     suite_of = {}
     for line in policy.splitlines():  # "pkg | version | mirror suite/main amd64 Packages"
         cols = [c.strip() for c in line.split("|")]
@@ -97,7 +119,7 @@ def _meta_stanzas(flavour: str) -> list[tuple[str, str, list[str]]]:
             found = re.search(r"\s(\S+?)/main", " " + cols[2])
             if found:
                 suite_of[cols[1]] = found.group(1)
-    out = _run(["apt-cache", *_apt_options(root), "show", meta], "look up kernel packages")
+    out = _run(["apt-cache", *_apt_options(root, arch), "show", meta], "look up kernel packages")
     stanzas = []
     for stanza in out.split("\n\n"):
         ver = re.search(r"^Version: (\S+)", stanza, re.M)
@@ -108,17 +130,18 @@ def _meta_stanzas(flavour: str) -> list[tuple[str, str, list[str]]]:
     return stanzas
 
 
-def resolve_package(kernel: str, flavour: str) -> str:
+def resolve_package(kernel: str, flavour: str, arch: str = "x86_64") -> str:
     """The versioned image package for KERNEL: a version prefix ("7.2") matched against
     every suite's meta-package, or a suite name ("unstable") for that suite's newest."""
-    if flavour not in FLAVOURS:
-        raise CloudVMIError(f"unknown flavour {flavour!r}; choose from {', '.join(FLAVOURS)}")
+    flavours = ARCH_FLAVOURS[_check_arch(arch)]
+    if flavour not in flavours:
+        raise CloudVMIError(f"unknown flavour {flavour!r}; choose from {', '.join(flavours)}")
     kernel = ALIASES.get(kernel, kernel)
     by_suite = kernel in SUITES
     if not by_suite and not re.fullmatch(r"\d+\.\d+(\.\d+)?", kernel):
         raise CloudVMIError(f"unknown lab kernel {kernel!r}: give a version such as 6.1 or 7.2, "
                             f"or a suite: {', '.join(SUITES)}")
-    stanzas = _meta_stanzas(flavour)
+    stanzas = _meta_stanzas(flavour, arch)
     prefix = re.escape(kernel) + r"[.\-+~]"
     for version, suite, depends in stanzas:
         if suite == kernel if by_suite else re.match(prefix, version):
@@ -126,14 +149,15 @@ def resolve_package(kernel: str, flavour: str) -> str:
             if image:
                 return image[0]
     known = ", ".join(sorted({f"{v.split('-')[0]} ({s})" for v, s, _ in stanzas}))
-    raise CloudVMIError(f"no linux-image-{FLAVOURS[flavour]} for {kernel!r} in "
+    raise CloudVMIError(f"no linux-image-{flavours[flavour]} for {kernel!r} in "
                         f"{', '.join(SUITES)}; available: {known}")
 
 
-def _packages(image: str) -> list[str]:
+def _packages(image: str, arch: str = "x86_64") -> list[str]:
     """The packages holding the image and its modules: the image package itself up to 6.x;
     from 7.x an empty image package that depends on linux-binary-* and linux-modules-*."""
-    out = _run(["apt-cache", *_apt_options(_apt_root()), "show", image], "look up " + image)
+    out = _run(["apt-cache", *_apt_options(_apt_root(arch=arch), arch), "show", image],
+               "look up " + image)
     dep = re.search(r"^Depends: (.+)$", out, re.M)
     names = [d.strip().split()[0] for d in dep.group(1).split(",")] if dep else []
     release = image.removeprefix("linux-image-")
@@ -141,11 +165,12 @@ def _packages(image: str) -> list[str]:
     return [image, *split]
 
 
-def _download(package: str) -> Path:
-    debdir = sub("debs")
+def download(package: str, arch: str = "x86_64") -> Path:
+    """A package's .deb for ARCH from the lab's suites (downloaded once, kept)."""
+    debdir = sub("debs" if arch == "x86_64" else f"debs-{ARCHES[arch]}")
     debs = list(debdir.glob(f"{package}_*.deb"))
     if not debs:
-        _run(["apt-get", *_apt_options(_apt_root()), "download", package],
+        _run(["apt-get", *_apt_options(_apt_root(arch=arch), arch), "download", package],
              "download " + package, cwd=debdir)
         debs = list(debdir.glob(f"{package}_*.deb"))
     if not debs:
@@ -153,20 +178,25 @@ def _download(package: str) -> Path:
     return debs[0]
 
 
-def fetch(kernel: str = "6.1", flavour: str = "generic") -> LabKernel:
-    """Download (once) and unpack a Debian kernel with the modules the lab loads."""
-    kdir = sub("kernels") / f"{kernel}-{flavour}"
+def fetch(kernel: str = "6.1", flavour: str = "generic", arch: str = "x86_64") -> LabKernel:
+    """Download (once) and unpack a Debian kernel of ARCH with the modules the lab loads."""
+    _check_arch(arch)
+    kdir = sub("kernels") / (f"{kernel}-{flavour}" if arch == "x86_64"
+                             else f"{kernel}-{flavour}-{ARCHES[arch]}")
     done = kdir / "release"
     listed = kdir / "modules.list"
     package = None
     if ALIASES.get(kernel, kernel) in SUITES:  # a suite moves on: follow it, daily
-        _apt_root(max_age=SUITE_REFRESH)
-        package = resolve_package(kernel, flavour)
+        _apt_root(max_age=SUITE_REFRESH, arch=arch)
+        package = resolve_package(kernel, flavour, arch)
         if done.exists() and done.read_text() != package.removeprefix("linux-image-"):
             done.unlink()
-    if not done.exists() or not listed.exists() or listed.read_text() != "\n".join(LAB_MODULES):
-        package = package or resolve_package(kernel, flavour)
-        _unpack([_download(p) for p in _packages(package)], kdir)
+    has_map = arch == "x86_64" or any(kdir.glob("System.map-*"))
+    if not done.exists() or not listed.exists() or not has_map or (
+            listed.read_text() != "\n".join(LAB_MODULES)):
+        package = package or resolve_package(kernel, flavour, arch)
+        _unpack([download(p, arch) for p in _packages(package, arch)], kdir)
+        _real_system_map(kdir, package, arch)
         listed.write_text("\n".join(LAB_MODULES))
         done.write_text(package.removeprefix("linux-image-"))
     release = done.read_text().strip()
@@ -176,6 +206,7 @@ def fetch(kernel: str = "6.1", flavour: str = "generic") -> LabKernel:
         release=release,
         vmlinuz=kdir / "vmlinuz",
         modules=tuple(sorted(kdir.glob("modules/*.ko"))),
+        arch=arch,
     )
 
 
@@ -223,12 +254,64 @@ def _unpack(debs: list[Path], kdir: Path) -> None:
                 _take(tar, member, kdir)
     if not (kdir / "vmlinuz").exists():
         raise CloudVMIError(f"no vmlinuz in {', '.join(d.name for d in debs)}")
+    _gunzip_image(kdir / "vmlinuz")
+
+
+def _real_system_map(kdir: Path, package: str, arch: str) -> None:
+    """A kernel built without CONFIG_KALLSYMS_ALL (Debian's arm64 6.1) keeps only code in
+    kallsyms; its variables are in the build's System.map. Debian's image package ships a
+    placeholder there, the real one is in the -dbg package: take just that file from it
+    (the .deb, 800 MiB of DWARF, is not kept)."""
+    maps = list(kdir.glob("System.map-*"))
+    configs = list(kdir.glob("config-*"))
+    if not maps or not configs or "# CONFIG_KALLSYMS_ALL is not set" not in (
+            configs[0].read_text(errors="replace")):
+        return
+    with maps[0].open("rb") as f:
+        if b"The real System.map" not in f.read(200):  # already the real one
+            return
+    deb = download(f"{package}-dbg".replace("-unsigned-dbg", "-dbg"), arch)
+    try:
+        _take_one(deb, r"usr/lib/debug/boot/System\.map-[^/]+", maps[0])
+    finally:
+        deb.unlink(missing_ok=True)
+
+
+def _take_one(deb: Path, pattern: str, dest: Path) -> bool:
+    """Stream DEB's data and write its first member matching PATTERN to DEST (through a
+    temporary file renamed into place); stops reading there. Whether it was found."""
+    tmp = dest.with_suffix(".tmp")
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL) as proc, \
+            tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+        for member in tar:  # stops at the one file: dpkg-deb's broken pipe is expected
+            if re.fullmatch(pattern, member.name.lstrip("./")):
+                with tar.extractfile(member) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                tmp.rename(dest)
+                return True
+    return False
+
+
+def _gunzip_image(path: Path) -> None:
+    """arm64's vmlinuz is a gzipped Image: unpack it in place, so QEMU boots it whatever
+    its version and the dump and profile code can read the Image header."""
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        import gzip
+
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(gzip.decompress(data))
+        tmp.rename(path)
 
 
 def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, kdir: Path) -> None:
     name = member.name.lstrip("./")
     if re.fullmatch(r"boot/vmlinuz-.*|(usr/)?lib/modules/[^/]+/vmlinuz", name):
         (kdir / "vmlinuz").write_bytes(tar.extractfile(member).read())
+        return
+    if re.fullmatch(r"boot/(System\.map|config)-[^/]+", name):
+        (kdir / Path(name).name).write_bytes(tar.extractfile(member).read())
         return
     for order, mod in enumerate(LAB_MODULES):
         if re.fullmatch(rf"(usr/)?lib/modules/[^/]+/kernel/{re.escape(mod)}(\.xz)?", name):
@@ -246,18 +329,10 @@ def debug_vmlinux(kernel: LabKernel) -> Path:
     out = kernel.vmlinuz.parent / "vmlinux-dbg"
     if out.exists():
         return out
-    deb = _download(f"linux-image-{kernel.release}-dbg")
-    tmp = out.with_suffix(".tmp")
-    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
-                          stdout=subprocess.PIPE) as proc, \
-            tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-        for member in tar:
-            if re.fullmatch(r"usr/lib/debug/boot/vmlinux-.*", member.name.lstrip("./")):
-                with tar.extractfile(member) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                break
-        proc.stdout.close()  # the rest of the archive is not needed
-    if not tmp.exists():
-        raise CloudVMIError(f"no usr/lib/debug/boot/vmlinux-* in {deb.name}")
-    tmp.rename(out)
+    deb = download(f"linux-image-{kernel.release}-dbg", kernel.arch)
+    try:
+        if not _take_one(deb, r"usr/lib/debug/boot/vmlinux-.*", out):
+            raise CloudVMIError(f"no usr/lib/debug/boot/vmlinux-* in {deb.name}")
+    finally:
+        deb.unlink(missing_ok=True)  # about 1 GB of DWARF for every other file
     return out

@@ -25,6 +25,7 @@ class DumpInfo:
     """What the dump says besides RAM: vCPU registers and VMCOREINFO, when present."""
 
     cpus: list[dict[str, int]] = field(default_factory=list)
+    machine: str = ""  # e_machine, as pyelftools names it ("EM_X86_64", "EM_AARCH64")
     vmcoreinfo: str | None = None
     truncated: bool = False
 
@@ -62,6 +63,7 @@ def open_elf_dump(path: str | Path) -> tuple[MappedFileMemory, DumpInfo]:
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
+            info.machine = str(elf["e_machine"])
             file_size = path.stat().st_size
             for seg in elf.iter_segments():
                 if seg["p_type"] == "PT_LOAD" and seg["p_filesz"]:
@@ -85,7 +87,8 @@ def open_elf_dump(path: str | Path) -> tuple[MappedFileMemory, DumpInfo]:
 def _read_notes(data: bytes, info: DumpInfo) -> None:
     try:
         for name, _, desc in elf_notes(data):
-            if name == b"QEMU" and len(desc) >= 8 + 18 * 8 + 240 + 40:
+            if name == b"QEMU" and len(desc) >= 8 + 18 * 8 + 240 + 40 and (
+                    info.machine == "EM_X86_64"):  # x86's QEMUCPUState
                 info.cpus.append(_parse_qemu_note(desc))
             elif name == b"VMCOREINFO":
                 info.vmcoreinfo = desc.decode("ascii", "replace")

@@ -150,8 +150,8 @@ class GuestHelper:
         self._task, self._mm = t["address"], t["mm"]
         pgd = self.kernel.helper(TaskReader).mm.read(self.kernel, self._mm)["pgd"]
         self._space = self.arch.address_space(
-            self.kernel.phys, pgd - self.kernel.page_offset, self.kernel.levels,
-            self.arch.translation_cache(4096))
+            self.kernel.phys, self.kernel.direct_phys_of(pgd), self.kernel.levels,
+            self.arch.translation_cache(4096), kernel_root=self.kernel.kernel_pgd)
         if self._mailbox() != mailbox:
             raise InjectionError("the helper's mailbox is not where it was created")
 

@@ -27,14 +27,32 @@ def _image_offset(number: Callable[[str], int | None]) -> int | None:
     return None if phys_base is None else (START_KERNEL_MAP - phys_base) % (1 << 64)
 
 
+def _levels(read: Callable[[str, int], bytes | None]) -> int:
+    """5 when the kernel switched LA57 on (__pgtable_l5_enabled), else 4."""
+    raw = read("__pgtable_l5_enabled", 4)
+    return 5 if raw and int.from_bytes(raw, "little") else 4
+
+
+DIRECT_MAP = {4: 0xFFFF_8880_0000_0000, 5: 0xFF11_0000_0000_0000}
+
+
+def _direct_map(read_u64: Callable[[str], int | None], maps: Callable[[int, int], bool],
+                levels: int, ram_start: int) -> tuple[int, int]:
+    """page_offset_base (KASLR moves it), or the layout's default; physical 0 there."""
+    base = read_u64("page_offset_base")
+    return (DIRECT_MAP[levels] if base is None else base), 0
+
+
 ARCH = Arch(
     name="x86_64", pointer_size=8, endian="<", page_size=PAGE,
     kernel_window=(START_KERNEL_MAP, START_KERNEL_MAP + (1 << 30)),  # KERNEL_IMAGE_SIZE
     kernel_align=2 << 20,  # CONFIG_PHYSICAL_ALIGN is a multiple of 2 MiB
-    direct_map={4: 0xFFFF_8880_0000_0000, 5: 0xFF11_0000_0000_0000},
+    direct_map=DIRECT_MAP,
     thread_size=16 * 1024,  # THREAD_SIZE_ORDER 2, no KASAN
     image_offset=_image_offset,
     kernel_space=0xFFFF_8000_0000_0000,
+    kernel_pgd_symbols=("init_top_pgt", "init_level4_pgt"), paging_levels=_levels,
+    direct_map_base=_direct_map, default_text=0xFFFF_FFFF_8100_0000,
     saved_registers=("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9",
                      "r10", "r11", "r12", "r13", "r14", "r15", "rip", "eflags"),
     pc="rip", user_mode=_user_mode, page_table_root=_root,
@@ -46,7 +64,7 @@ ARCH = Arch(
     syscall=abi.ABI, batch_code=CODE, batch_done=DONE, resume_stub=resume_stub,
     helper_code=helper.CODE, helper_parked=helper.PARKED, helper_register="r14",
     capstone=("CS_ARCH_X86", "CS_MODE_64"), address_space=AddressSpace,
-    translation_cache=TranslationCache,
+    translation_cache=TranslationCache, qemu_names=("x86_64",), elf_machine="EM_X86_64",
 )
 
 __all__ = ["ARCH", "AddressSpace", "Mapping", "TranslationCache", "PAGE"]

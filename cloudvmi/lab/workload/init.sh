@@ -1,6 +1,8 @@
 #!/bin/sh
-# CloudVMI lab guest init: mount, start the known workload, then a root shell on ttyS0.
+# CloudVMI lab guest init: mount, start the known workload, then a root shell on the
+# console the kernel command line names (ttyS0 on x86-64, ttyAMA0 on arm64).
 export PATH=/bin:/sbin
+[ -e /bin/mount ] || /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
@@ -12,8 +14,10 @@ for m in /lib/modules/*.ko; do [ -e "$m" ] && insmod "$m"; done
 
 extra=0
 busy=1
+tty=/dev/ttyS0
 for arg in $(cat /proc/cmdline); do
 	case "$arg" in
+	console=*) tty="/dev/${arg#console=}"; tty="${tty%%,*}" ;;
 	cloudvmi.extra=*) extra="${arg#cloudvmi.extra=}" ;;
 	cloudvmi.busy=*) busy="${arg#cloudvmi.busy=}" ;;
 	esac
@@ -57,4 +61,4 @@ while [ "$i" -lt "$extra" ]; do sleep 5000000 & i=$((i + 1)); done
 
 echo "cloudvmi-lab: workload started"
 # PID 1 must never exit: respawn the console shell whenever it ends.
-while :; do setsid sh -c 'exec sh </dev/ttyS0 >/dev/ttyS0 2>&1'; done
+while :; do setsid sh -c "exec sh <$tty >$tty 2>&1"; done

@@ -118,6 +118,40 @@ static int counter(void)
 static unsigned long sentinel_round(void)
 {
 	unsigned long bad;
+#if defined(__aarch64__)
+	/* x1..x15 and x19..x28 hold 0x5e5e00000000NN01 (NN the register number), v0, v1, v7
+	 * and v15 copies of four of them; x0 is the scratch. */
+#define SET(r, n) "movz " r ", #0x" n "01\n\tmovk " r ", #0x5e5e, lsl #48\n\t"
+#define CHECK(r, n) "movz x0, #0x" n "01\n\tmovk x0, #0x5e5e, lsl #48\n\t" \
+	"cmp x0, " r "\n\tb.ne 2f\n\t"
+#define REGS(M) M("x1", "1") M("x2", "2") M("x3", "3") M("x4", "4") M("x5", "5") \
+	M("x6", "6") M("x7", "7") M("x8", "8") M("x9", "9") M("x10", "10") M("x11", "11") \
+	M("x12", "12") M("x13", "13") M("x14", "14") M("x15", "15") M("x19", "19") \
+	M("x20", "20") M("x21", "21") M("x22", "22") M("x23", "23") M("x24", "24") \
+	M("x25", "25") M("x26", "26") M("x27", "27") M("x28", "28")
+	__asm__ volatile(
+		REGS(SET)
+		"fmov d0, x12\n\tfmov d1, x13\n\tfmov d7, x14\n\tfmov d15, x15\n\t"
+		"movz x16, #0xf080\n\tmovk x16, #0x2fa, lsl #16\n"
+		"1:\n\t"
+		REGS(CHECK)
+		"fmov x0, d0\n\tcmp x0, x12\n\tb.ne 2f\n\t"
+		"fmov x0, d1\n\tcmp x0, x13\n\tb.ne 2f\n\t"
+		"fmov x0, d7\n\tcmp x0, x14\n\tb.ne 2f\n\t"
+		"fmov x0, d15\n\tcmp x0, x15\n\tb.ne 2f\n\t"
+		"subs x16, x16, #1\n\tb.ne 1b\n\t"
+		"mov x0, #0\n\tb 3f\n"
+		"2:\tmov x0, #1\n"
+		"3:\tmov %0, x0\n"
+		: "=r"(bad)
+		:
+		: "x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "x10", "x11", "x12",
+		  "x13", "x14", "x15", "x16", "x19", "x20", "x21", "x22", "x23", "x24", "x25", "x26",
+		  "x27", "x28", "v0", "v1", "v7", "v15", "cc");
+#undef SET
+#undef CHECK
+#undef REGS
+#else
 	__asm__ volatile(
 		"movabs $0x5e5e0000000000b1, %%rbx\n\t"
 		"movabs $0x5e5e0000000000d1, %%rdx\n\t"
@@ -161,6 +195,7 @@ static unsigned long sentinel_round(void)
 		:
 		: "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
 		  "r14", "r15", "xmm0", "xmm1", "xmm7", "xmm15", "cc");
+#endif
 	return bad;
 }
 

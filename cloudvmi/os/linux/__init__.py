@@ -20,4 +20,4 @@ def facade(vm):
     from cloudvmi.os.linux.api import Linux
 
     return Linux(vm.phys, vm.profile_cache, live=vm.live, snapshot=vm.snapshot,
-                 symbols=vm.symbols)
+                 symbols=vm.symbols, arch=vm.arch)

@@ -22,8 +22,9 @@ class Linux(Facade):
 
     def __init__(self, phys: PhysicalMemory, profile_cache: Path | None, live: bool,
                  snapshot: Callable[[], contextlib.AbstractContextManager] | None = None,
-                 symbols: str | None = None) -> None:
+                 symbols: str | None = None, arch=None) -> None:
         self.phys = phys
+        self.arch = arch  # the guest's CPU (cloudvmi.arch.Arch), as its VM found it
         self.symbols = symbols  # where to look for types if the kernel has no BTF
         self.profile_cache = profile_cache
         self.live = live
@@ -40,13 +41,14 @@ class Linux(Facade):
         if self._kernel is None:
             types = TypeSources.default(self.symbols)
             try:
-                self._kernel = kernel_mod.locate(self.phys, self.profile_cache, types=types)
+                self._kernel = kernel_mod.locate(self.phys, self.profile_cache, self.arch,
+                                                 types=types)
             except CloudVMIError:
                 if not self.live:
                     raise
                 with self._snapshot():
                     self._kernel = kernel_mod.locate(self.phys, self.profile_cache,
-                                                     types=types)
+                                                     self.arch, types=types)
         return self._kernel
 
     def ready(self) -> None:

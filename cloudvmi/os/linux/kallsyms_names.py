@@ -225,3 +225,22 @@ def is_permutation(values: list[int]) -> bool:
     n = len(values)
     return bool(n) and min(values) == 0 and max(values) == n - 1 and sum(values) == \
         n * (n - 1) // 2
+
+
+def tables_of(entries: list[str]) -> NameTables:
+    """NameTables holding ENTRIES (type letter and name each) uncompressed: one token per
+    byte. For symbol tables that come from outside the kernel (a System.map)."""
+    tokens = [chr(i) for i in range(256)]
+    blob = bytearray()
+    markers = []
+    for i, entry in enumerate(entries):
+        if i % BLOCK == 0:
+            markers.append(len(blob))
+        raw = entry.encode("latin-1", "replace")
+        if len(raw) >= 0x80:
+            blob += bytes(((len(raw) & 0x7F) | 0x80, len(raw) >> 7))
+        else:
+            blob.append(len(raw))
+        blob += raw
+    seqs = sorted(range(len(entries)), key=lambda i: (entries[i][1:], i))
+    return NameTables(tokens, bytes(blob), markers or [0], len(entries), seqs)

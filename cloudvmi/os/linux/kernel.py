@@ -10,7 +10,7 @@ is cached per build (profile.py). Warm: find this boot's physical load address f
 banner offset (2 MiB-aligned slots), then the virtual slide from the kernel's own page tables.
 """
 
-import struct
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -21,6 +21,7 @@ from cloudvmi import arch as arches
 from cloudvmi.arch import Arch
 from cloudvmi.errors import GuestMemoryError, ProfileError, UnmappedAddress
 from cloudvmi.memory.base import PhysicalMemory
+from cloudvmi.os.linux import systemmap
 from cloudvmi.os.linux.btf import BTF, locate_btf
 from cloudvmi.os.linux.kallsyms import Kallsyms, kallsyms_at, kallsyms_candidates
 from cloudvmi.os.linux.profile import MEMORY, Profile, ProfileStore
@@ -29,7 +30,6 @@ from cloudvmi.os.linux.vmcoreinfo import VmcoreInfo, find_vmcoreinfo
 
 BANNER_PREFIX = b"Linux version "
 BTF_MAGIC = b"\x9f\xeb\x01"
-DEFAULT_TEXT = 0xFFFF_FFFF_8100_0000  # where _text is linked before KASLR
 
 
 @dataclass
@@ -66,15 +66,21 @@ class LinuxKernel:
         self.stats = stats
         self.symbols = profile.symbols(text_virt)
         self.image_end = self.symbols.get("_end") or text_virt + (64 << 20)
-        pgd = self.symbols.get("init_top_pgt") or self.symbols.lookup("init_level4_pgt")
+        pgd = next((a for a in map(self.symbols.get, self.arch.kernel_pgd_symbols) if a),
+                   None)
+        if pgd is None:
+            raise ProfileError("no kernel page-table symbol "
+                               f"({', '.join(self.arch.kernel_pgd_symbols)})")
         self.kernel_pgd = self.image_phys(pgd)
         self.space = self.arch.address_space(phys, self.kernel_pgd, levels)
         self.space.add_linear_range(text_virt, self.image_end - text_virt, text_phys)
-        base_sym = self.symbols.get("page_offset_base")
-        self.page_offset = (self.read_u64(base_sym) if base_sym
-                            else self.arch.direct_map[levels])
-        ram_end = max(r.end for r in phys.regions())
-        self.space.add_linear_range(self.page_offset, ram_end, 0)
+        regions = phys.regions()
+        # The direct map: page_offset is its virtual base, direct_phys the physical address
+        # there (0 on x86-64; arm64's memstart_addr, where RAM does not start at 0).
+        self.page_offset, self.direct_phys = self.arch.direct_map_base(
+            self._image_u64, self._maps, levels, min(r.start for r in regions))
+        for r in regions:
+            self.space.add_linear_range(self.direct_virt(r.start), r.size, r.start)
         self._user_spaces: dict[int, object] = {}
         self._helpers: dict[type, object] = {}
 
@@ -87,6 +93,29 @@ class LinuxKernel:
         return h
 
     # -- addresses -------------------------------------------------------------------------
+    def _image_u64(self, name: str) -> int | None:
+        """A kernel-image variable read by its physical address (before the direct map is
+        known), or None when the kernel has no such symbol."""
+        address = self.symbols.get(name)
+        if address is None:
+            return None
+        return self._u64.unpack(self.phys.read(self.image_phys(address), 8))[0]
+
+    def _maps(self, vaddr: int, paddr: int) -> bool:
+        """Whether the kernel's page tables map VADDR to PADDR."""
+        try:
+            return self.space.translate(vaddr) == paddr
+        except GuestMemoryError:
+            return False
+
+    def direct_virt(self, paddr: int) -> int:
+        """The direct-map virtual address of physical PADDR."""
+        return (paddr - self.direct_phys + self.page_offset) % (1 << 64)
+
+    def direct_phys_of(self, vaddr: int) -> int:
+        """The physical address of direct-map virtual VADDR."""
+        return (vaddr - self.page_offset + self.direct_phys) % (1 << 64)
+
     def image_phys(self, vaddr: int) -> int:
         """Physical address of a kernel-image virtual address (the image is contiguous)."""
         if not self.text_virt <= vaddr < self.image_end:
@@ -120,11 +149,12 @@ class LinuxKernel:
         """The address space of a process, from its mm->pgd (a direct-map pointer)."""
         space = self._user_spaces.get(pgd_virt)
         if space is None:
-            pgd_phys = pgd_virt - self.page_offset
-            if not self.phys.contains(pgd_phys, 4096):
+            pgd_phys = self.direct_phys_of(pgd_virt)
+            if not self.phys.contains(pgd_phys & ~0xFFF, 4096):  # arm64's may be a slab object
                 raise UnmappedAddress(pgd_virt, "page-table root (mm->pgd)")
             space = self.arch.address_space(self.phys, pgd_phys, self.levels,
-                                            self.arch.translation_cache(4096))
+                                            self.arch.translation_cache(4096),
+                                            kernel_root=self.kernel_pgd)
             self._user_spaces[pgd_virt] = space
         return space
 
@@ -249,7 +279,7 @@ def _locate_cold(phys: PhysicalMemory, arch: Arch, store: ProfileStore,
     for info in find_vmcoreinfo(phys):
         stats.seconds["vmcoreinfo"] = time.perf_counter() - t0
         try:
-            syms, text_phys = _symbols_from_note(phys, arch, info)
+            syms, text_phys = _symbols_from_note(phys, arch, info, types)
             stats.seconds["kallsyms"] = time.perf_counter() - t0
             stats.how = "vmcoreinfo"
             kernel, profile, blob = _from_symbols(phys, arch, syms, stats, types, text_phys,
@@ -268,6 +298,7 @@ def _locate_cold(phys: PhysicalMemory, arch: Arch, store: ProfileStore,
                 break
             stats.seconds["kallsyms"] = time.perf_counter() - t0
             try:
+                syms = systemmap.complete(syms, types.paths, None)
                 kernel, profile, blob = _from_symbols(phys, arch, syms, stats, types)
             except (ProfileError, GuestMemoryError) as exc:
                 tried.append(f"kallsyms table at {syms.table_paddr:#x}: {exc}")
@@ -279,8 +310,8 @@ def _locate_cold(phys: PhysicalMemory, arch: Arch, store: ProfileStore,
     raise ProfileError("cannot locate the kernel; tried: " + "; ".join(tried[:4]))
 
 
-def _symbols_from_note(phys: PhysicalMemory, arch: Arch,
-                       info: VmcoreInfo) -> tuple[Kallsyms, int]:
+def _symbols_from_note(phys: PhysicalMemory, arch: Arch, info: VmcoreInfo,
+                       types: TypeSources) -> tuple[Kallsyms, int]:
     """kallsyms where the note puts it (from 6.0; before, the scanned table the note's _stext
     agrees with) and the physical _text the note's phys_base gives."""
     delta = arch.image_offset(info.number)
@@ -304,6 +335,7 @@ def _symbols_from_note(phys: PhysicalMemory, arch: Arch,
             raise ProfileError("no kallsyms table in RAM agrees with its _stext")
     if stext is None or syms.get("_stext") != stext:
         raise ProfileError("its _stext is not kallsyms' _stext")
+    syms = systemmap.complete(syms, types.paths, info.release)
     try:
         text_virt = syms.lookup("_text")
     except KeyError as exc:
@@ -322,7 +354,7 @@ def _from_symbols(phys: PhysicalMemory, arch: Arch, syms: Kallsyms, stats: Locat
         if text_rel is None:
             raise ProfileError("kallsyms lacks a symbol every kernel has: _text")
         text_phys = (syms.relative_to + text_rel) % (1 << 64)
-        syms = syms.rebased(DEFAULT_TEXT - text_rel)
+        syms = syms.rebased(arch.default_text - text_rel)
         known_virt = False  # the page tables tell the real slide
     try:
         text_virt = syms.lookup("_text")
@@ -430,14 +462,22 @@ def _finish(phys: PhysicalMemory, arch: Arch, profile: Profile, btf_blob: bytes,
     btf = btf or BTF.from_bytes(btf_blob)
     stats.seconds["btf_parse"] = time.perf_counter() - t0
     levels = _paging_levels(phys, arch, text_phys, profile)
-    pgd_off = profile.offset("init_top_pgt")
+    pgd_off = next((o for o in map(profile.offset, arch.kernel_pgd_symbols) if o is not None),
+                   None)
     if pgd_off is None:
-        pgd_off = profile.offset("init_level4_pgt")
-    if pgd_off is None:
-        raise ProfileError("no init_top_pgt symbol: cannot find the kernel page tables")
+        raise ProfileError(f"no {arch.kernel_pgd_symbols[0]} symbol: cannot find the kernel "
+                           "page tables")
     pgd_phys = text_phys + pgd_off
     t1 = time.perf_counter()
-    found = _virtual_text(phys, arch, pgd_phys, levels, text_phys)
+    found = _virtual_text(phys, arch, pgd_phys, levels, text_phys, profile)
+    if found is None and arch.image_voffset_symbol:
+        # The slide is known, the depth not (a kernel with no variable saying how many bits
+        # it chose at boot): the depth whose walk maps the image is the one in use.
+        for other in sorted(set(arch.direct_map) - {levels}):
+            found = _virtual_text(phys, arch, pgd_phys, other, text_phys, profile)
+            if found is not None:
+                levels = other
+                break
     stats.seconds["virtual_slide"] = time.perf_counter() - t1
     if found is None:
         raise ProfileError("the kernel page tables do not map the kernel image")
@@ -447,16 +487,32 @@ def _finish(phys: PhysicalMemory, arch: Arch, profile: Profile, btf_blob: bytes,
 
 
 def _paging_levels(phys: PhysicalMemory, arch: Arch, text_phys: int, profile: Profile) -> int:
-    off = profile.offset("__pgtable_l5_enabled")
-    if off is None:
-        return 4
-    return 5 if struct.unpack(arch.endian + "I", phys.read(text_phys + off, 4))[0] else 4
+    def read(symbol: str, size: int) -> bytes | None:
+        off = profile.offset(symbol)
+        return None if off is None else phys.read(text_phys + off, size)
+
+    return arch.paging_levels(read)
 
 
 def _virtual_text(phys: PhysicalMemory, arch: Arch, pgd_phys: int, levels: int,
-                  text_phys: int) -> int | None:
-    """Where the kernel's own page tables map the physical _text, in the kernel window."""
+                  text_phys: int, profile: Profile) -> int | None:
+    """Where the kernel's own page tables map the physical _text: read from the image's
+    own slide variable where the architecture has one (then checked on the tables), else
+    searched in the kernel window."""
     space = arch.address_space(phys, pgd_phys, levels)
+    off = profile.offset(arch.image_voffset_symbol) if arch.image_voffset_symbol else None
+    if off is not None:
+        try:
+            voffset = arch.read_pointer(phys.read(text_phys + off, arch.pointer_size))
+        except GuestMemoryError:
+            return None
+        # arm64 6.1 maps the image from _stext: the header before it is not in swapper
+        for probe in {0, profile.offset("_stext") or 0}:
+            with contextlib.suppress(GuestMemoryError):
+                if space.translate((text_phys + probe + voffset) % (1 << 64)) == (
+                        text_phys + probe):
+                    return (text_phys + voffset) % (1 << 64)
+        return None
     try:
         for m in space.mappings(*arch.kernel_window, limit=1 << 16):
             if m.pbase <= text_phys < m.pbase + m.size:

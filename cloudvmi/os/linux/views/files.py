@@ -162,8 +162,9 @@ class FileReader:
         # fd[] is an array of pointers, close_on_exec one of unsigned longs (the same size)
         self.word = "Q" if self.pointer_size == 8 else "I"
         # The direct map over RAM, where slab objects (files, dentries, inodes) live.
-        self.direct_map = (kernel.page_offset,
-                           kernel.page_offset + max(r.end for r in kernel.phys.regions()))
+        regions = kernel.phys.regions()
+        self.direct_map = (kernel.direct_virt(min(r.start for r in regions)),
+                           kernel.direct_virt(max(r.end for r in regions)))
         self.kernel_space = kernel.arch.kernel_space
         self.o_cloexec = kernel.arch.syscall.O_CLOEXEC
 

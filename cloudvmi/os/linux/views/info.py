@@ -6,12 +6,14 @@ from dataclasses import dataclass, field
 from cloudvmi.capability import view
 from cloudvmi.errors import GuestMemoryError, ProfileError
 from cloudvmi.os.linux.btf import MemberNotFound
-from cloudvmi.os.linux.kernel import DEFAULT_TEXT, LinuxKernel
+from cloudvmi.os.linux.kernel import LinuxKernel
 from cloudvmi.os.linux.records import Record, cstring
+from cloudvmi.os.linux.vmcoreinfo import parse as parse_vmcoreinfo
 
 
 @dataclass
 class KernelInfo:
+    architecture: str  # "x86_64" or "arm64"
     version: str  # linux_banner
     release: str  # uname -r
     hostname: str
@@ -31,6 +33,7 @@ class KernelInfo:
 
     def rows(self) -> list[tuple[str, str]]:
         return [
+            ("architecture", self.architecture),
             ("version", self.version), ("release", self.release), ("hostname", self.hostname),
             ("command line", self.cmdline),
             ("uptime", "?" if self.uptime is None else f"{self.uptime:.2f} s"),
@@ -66,6 +69,19 @@ def _uptime(kernel: LinuxKernel) -> float | None:
     return (t["base"] + t["offs_boot"]) / 1e9
 
 
+def _kaslr_slide(kernel: LinuxKernel) -> int:
+    """The kernel's own KERNELOFFSET, from the VMCOREINFO text its vmcoreinfo_data points
+    at (arm64's link address moved between releases); else _text minus the architecture's
+    link address of _text."""
+    with contextlib.suppress(GuestMemoryError, LookupError):
+        text = kernel.read_cstring(kernel.read_u64(kernel.symbols.lookup("vmcoreinfo_data")),
+                                   4096)
+        note = parse_vmcoreinfo(text)
+        if note is not None and note.kaslr_offset is not None:
+            return note.kaslr_offset
+    return kernel.text_virt - kernel.arch.default_text
+
+
 @view(title="Kernel of {vm}")
 def info(kernel: LinuxKernel) -> KernelInfo:
     """The guest kernel's identity: version, command line, uptime, how it was found."""
@@ -82,9 +98,10 @@ def info(kernel: LinuxKernel) -> KernelInfo:
         cmdline = kernel.read_cstring(kernel.read_u64(
             kernel.symbols.lookup("saved_command_line"))).decode(errors="replace")
     return KernelInfo(
-        version=kernel.banner, release=release, hostname=hostname, cmdline=cmdline,
+        architecture=kernel.arch.name, version=kernel.banner, release=release,
+        hostname=hostname, cmdline=cmdline,
         uptime=_uptime(kernel), paging_levels=kernel.levels, text_virtual=kernel.text_virt,
-        text_physical=kernel.text_phys, kaslr_virtual_slide=kernel.text_virt - DEFAULT_TEXT,
+        text_physical=kernel.text_phys, kaslr_virtual_slide=_kaslr_slide(kernel),
         page_offset_base=kernel.page_offset, symbols=len(kernel.symbols),
         btf_types=len(kernel.btf), warm_profile=kernel.stats.warm,
         types_source=kernel.profile.types_source, located_by=kernel.stats.how,

@@ -1,0 +1,78 @@
+"""arm64 (AArch64): 4 KiB-granule translation with 48- and 52-bit virtual addresses, two
+roots (TTBR1 for the kernel, TTBR0 for a process), Linux's arm64 kernel layout."""
+
+from collections.abc import Callable
+
+from cloudvmi.arch.aarch64 import abi
+from cloudvmi.arch.aarch64.paging import AddressSpace, TranslationCache
+from cloudvmi.arch.base import Arch
+from cloudvmi.arch.paging import PAGE
+
+# PAGE_OFFSET, the start of the linear map, is -(1 << VA_BITS): a build constant.
+PAGE_OFFSETS = {4: 0xFFFF_0000_0000_0000, 5: 0xFFF0_0000_0000_0000}
+KIMAGE_VADDR = 0xFFFF_8000_0800_0000  # 48-bit, 128 MiB of modules below (to 6.x's 2 GiB)
+
+
+def _image_offset(number: Callable[[str], int | None]) -> int | None:
+    """VMCOREINFO's kimage_voffset: kernel-image virtual minus physical."""
+    return number("kimage_voffset")
+
+
+def _levels(read: Callable[[str, int], bytes | None]) -> int:
+    """From vabits_actual, what the kernel chose at boot: 52 bits (FEAT_LPA2 with 4 KiB
+    pages, a 52-bit build on a CPU that has it) walk 5 levels, 48 bits 4, 39 bits 3."""
+    raw = read("vabits_actual", 8)
+    bits = int.from_bytes(raw, "little") if raw else 48
+    return {52: 5, 48: 4, 39: 3}.get(bits, 4)
+
+
+def _direct_map(read_u64: Callable[[str], int | None], maps: Callable[[int, int], bool],
+                levels: int, ram_start: int) -> tuple[int, int]:
+    """The linear map: __va(p) = p - memstart_addr + PAGE_OFFSET. PAGE_OFFSET follows the
+    build's VA_BITS, which no variable holds, so each layout's is tried and the one whose
+    translation of RAM's first page the kernel's own tables confirm is taken. (A 52-bit
+    build on a 48-bit CPU lowers memstart_addr instead, so the same formula holds.)"""
+    memstart = read_u64("memstart_addr")
+    if memstart is None:
+        memstart = ram_start
+    memstart = memstart - (1 << 64) if memstart >> 63 else memstart  # an s64
+    for page_offset in sorted(set(PAGE_OFFSETS.values()), reverse=True):
+        virt = (ram_start - memstart + page_offset) % (1 << 64)
+        if maps(virt, ram_start):
+            return page_offset, memstart % (1 << 64)
+    return PAGE_OFFSETS[levels], memstart % (1 << 64)
+
+
+def _ttbr_table(regs: dict[str, int]) -> int:
+    """TTBR0_EL1's table address: BADDR[47:6], and with 52-bit output addresses BADDR[51:48]
+    in bits 5:2 (RES0 otherwise); the ASID (63:48) and CnP (bit 0) dropped."""
+    ttbr = regs["ttbr0_el1"]
+    return (ttbr & 0x0000_FFFF_FFFF_FFC0) | ((ttbr >> 2) & 0xF) << 48
+
+
+def _not_yet(*_args, **_kwargs):
+    raise NotImplementedError("system-call injection on arm64 guests is not available")
+
+
+ARCH = Arch(
+    name="arm64", pointer_size=8, endian="<", page_size=PAGE,
+    kernel_window=(0xFFF0_0000_0000_0000, (1 << 64) - 1),
+    kernel_align=2 << 20,  # the Image is placed 2 MiB-aligned (MIN_KIMG_ALIGN)
+    direct_map=PAGE_OFFSETS,
+    thread_size=16 * 1024,
+    image_offset=_image_offset,
+    kernel_space=0xFFF0_0000_0000_0000,
+    kernel_pgd_symbols=("swapper_pg_dir",), paging_levels=_levels,
+    direct_map_base=_direct_map, default_text=KIMAGE_VADDR,
+    saved_registers=(*(f"x{i}" for i in range(31)), "sp", "pc", "cpsr"),
+    pc="pc", user_mode=lambda regs: regs["cpsr"] & 0xF == 0,
+    page_table_root=_ttbr_table,
+    pt_regs={}, tif_sigpending=0, syscall_entry="el0t_64_sync", entry_return_pc="elr_el1",
+    syscall=abi.ABI, batch_code=b"", batch_done=0, resume_stub=_not_yet,
+    helper_code=b"", helper_parked=0, helper_register="x28",
+    capstone=("CS_ARCH_ARM64", "CS_MODE_ARM"), address_space=AddressSpace,
+    translation_cache=TranslationCache, image_voffset_symbol="kimage_voffset",
+    qemu_names=("aarch64",), elf_machine="EM_AARCH64", writable=False,
+)
+
+__all__ = ["ARCH", "AddressSpace"]
