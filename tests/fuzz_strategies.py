@@ -303,7 +303,8 @@ class KernelSeed:
 def _kernel_symbols(btf_size: int) -> list[tuple[int, str, str]]:
     syms = [(KBASE, "T", "_text"), (KBASE, "T", "_stext"), (KBASE + PGD, "D", "init_top_pgt"),
             (KBASE + BANNER_AT, "R", "linux_banner"), (KBASE + BTF_AT, "R", "__start_BTF"),
-            (KBASE + BTF_AT + btf_size, "R", "__stop_BTF"), (KBASE + 0x100000, "B", "_end")]
+            (KBASE + BTF_AT + btf_size, "R", "__stop_BTF"), (KBASE + 0x100000, "B", "_end"),
+            (KBASE + 0xC0000, "D", "init_task")]  # a data symbol: KALLSYMS_ALL, as on x86
     syms += [(KBASE + 0x20000 + 0x40 * i, "tT"[i % 2], f"fuzz_fn_{i}") for i in range(300)]
     return sorted(syms)
 
