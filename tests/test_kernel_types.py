@@ -171,7 +171,7 @@ def test_vmcoreinfo_locates_every_kernel(version, guest_images):
         by_note = kernel_mod.locate(mem)
         assert by_note.stats.how == "vmcoreinfo"
         assert by_note.banner.split()[2] == notes[0].release
-        assert by_note.text_virt - kernel_mod.DEFAULT_TEXT == notes[0].kaslr_offset
+        assert by_note.text_virt - by_note.arch.default_text == notes[0].kaslr_offset
     finally:
         mem.close()
 

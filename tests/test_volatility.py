@@ -191,8 +191,8 @@ def test_isf_is_valid_and_linked(guest4, isf_dir):
     import jsonschema
     import volatility3
 
+    from cloudvmi.arch.x86_64 import ARCH
     from cloudvmi.os.linux.isf import isf_banner, load_isf
-    from cloudvmi.os.linux.kernel import DEFAULT_TEXT
 
     isf = load_isf(isf_dir / "linux" / "guest.json.xz")
     schema = json.loads((Path(volatility3.__file__).parent / "schemas" /
@@ -202,7 +202,7 @@ def test_isf_is_valid_and_linked(guest4, isf_dir):
             "task_struct", "list_head", "module", "mm_struct", "maple_tree")}})
     assert isf_banner(isf).startswith(b"Linux version 6.1.")
     symbols = isf["symbols"]
-    assert symbols["_text"]["address"] == DEFAULT_TEXT
+    assert symbols["_text"]["address"] == ARCH.default_text
     for name, kind in (("init_task", "task_struct"), ("modules", "list_head"),
                        ("init_mm", "mm_struct"), ("init_files", "files_struct")):
         assert symbols[name]["type"] == {"kind": "struct", "name": kind}

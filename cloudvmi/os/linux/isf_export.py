@@ -4,8 +4,8 @@ kallsyms and its banner, so Volatility's Linux plugins run on a guest with no de
 Volatility wants the addresses of the ISF as the linker placed them, not as this boot's KASLR
 moved them: its LinuxIntelStacker finds init_task in memory (by its "swapper/0" comm) and takes
 the physical shift from there, and the virtual one from init_task.files - init_files. So every
-symbol is exported relative to the link-time _text (DEFAULT_TEXT); per-cpu symbols, which
-KASLR does not move, keep their values.
+symbol is exported relative to the link-time _text (the architecture's default_text); per-cpu
+symbols, which KASLR does not move, keep their values.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from cloudvmi.errors import GuestMemoryError, ProfileError
 from cloudvmi.os.linux.isf import btf_to_isf
-from cloudvmi.os.linux.kernel import DEFAULT_TEXT, LinuxKernel
+from cloudvmi.os.linux.kernel import LinuxKernel
 
 MAX_TAINT_FLAGS = 64  # TAINT_FLAGS_COUNT is 18-20 in every kernel so far
 SUFFIXES = (".json", ".json.xz", ".json.gz")
@@ -28,7 +28,7 @@ SUFFIXES = (".json", ".json.xz", ".json.gz")
 
 def kernel_isf(kernel: LinuxKernel) -> dict[str, Any]:
     """The ISF of KERNEL: BTF types, kallsyms at link-time addresses, the banner."""
-    linked = kernel.profile.symbols(DEFAULT_TEXT)
+    linked = kernel.profile.symbols(kernel.arch.default_text)
     # The first of several symbols of one name wins, as the kernel's own lookups do.
     symbols = dict(zip(reversed(linked.names), reversed(linked.addresses), strict=True))
     counts = {}
