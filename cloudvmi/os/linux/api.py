@@ -10,7 +10,6 @@ from cloudvmi.capability import Capability, Facade
 from cloudvmi.memory.base import PhysicalMemory
 from cloudvmi.os.linux import kernel as kernel_mod
 from cloudvmi.os.linux.kernel import LinuxKernel
-from cloudvmi.os.linux.typesource import TypeSources
 
 
 class Linux(Facade):
@@ -34,7 +33,7 @@ class Linux(Facade):
         if self._kernel is None:
             with self._snapshot():
                 self._kernel = kernel_mod.locate(self.phys, self.profile_cache,
-                                                 types=TypeSources.default(self.symbols))
+                                                 symbols=self.symbols)
         return self._kernel
 
     def ready(self) -> None:

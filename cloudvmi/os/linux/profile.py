@@ -2,6 +2,11 @@
 
 A profile depends only on the kernel build, not on the boot: addresses are kept relative to
 _text, so a warm attach only has to find where this boot put the kernel.
+
+Each format version has a folder of its own (v3/), so finding the profile of a boot decodes
+only the small identifying files of this version, never an older format's (version 1 kept
+everything in one JSON file of 8 MB). Profiles of version 2 (beside v3/) are still read, and
+written again as version 3.
 """
 
 import base64
@@ -15,15 +20,21 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from operator import add, sub
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cloudvmi.errors import ProfileError
 from cloudvmi.os.linux.kallsyms import Kallsyms
 from cloudvmi.os.linux.kallsyms_names import NameTables
 
+if TYPE_CHECKING:
+    from cloudvmi.os.linux.btf import BTF
+
 KERNEL_SPACE = 0xFFFF_8000_0000_0000  # addresses below this are not slid kernel addresses
 _PENDING: dict[Path, list[threading.Thread]] = {}  # profiles being written, by store
 _LOCK = threading.Lock()
-VERSION = 2  # of the cached format: 2 keeps kallsyms' names compressed
+VERSION = 3  # of the cached format: 2 keeps kallsyms' names compressed, 3 adds the BTF index
+READABLE = (2, 3)  # the symbol tables of 2 and 3 are packed alike
+LEGACY_HEAD = b'{"version": 2,'  # how a version-2 identifying file starts (json.dumps order)
 MEMORY = "memory"  # types_source of a kernel whose BTF was read from its own image
 
 
@@ -89,7 +100,7 @@ class Profile:
     @classmethod
     def unpack(cls, meta: dict, payload: bytes) -> "Profile":
         try:
-            if meta.get("version") != VERSION:
+            if meta.get("version") not in READABLE:
                 raise ProfileError("cached profile of another format")
             size = int(meta["offsets"])
             offsets = array("q")
@@ -121,42 +132,59 @@ class Profile:
 
 
 class ProfileStore:
-    """Profiles in a directory: <key>.json (what identifies the build), <key>.sym (the
-    symbol tables) and <key>.btf (the raw BTF blob)."""
+    """Profiles in a directory: v3/<key>.json (what identifies the build), <key>.sym (the
+    symbol tables), <key>.btf (the raw BTF blob) and <key>.idx (the BTF's type index, so
+    that a warm attach makes no pass over the types)."""
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
+        self.current = None if directory is None else directory / f"v{VERSION}"
 
     def candidates(self) -> list[tuple[dict, Path]]:
-        """(identifying part, path without suffix) of every cached profile."""
+        """(identifying part, path without suffix) of every cached profile: this version's
+        first, then those of version 2."""
         self.flush()
         if self.directory is None or not self.directory.exists():
             return []
+        out = self._read_ids(self.current, VERSION) if self.current.exists() else []
+        return out + self._read_ids(self.directory, 2, LEGACY_HEAD)
+
+    @staticmethod
+    def _read_ids(folder: Path, version: int, head: bytes = b"") -> list[tuple[dict, Path]]:
         out = []
-        for path in sorted(self.directory.glob("*.json")):
+        for path in sorted(folder.glob("*.json")):
             try:
-                meta = json.loads(path.read_text())
-                if isinstance(meta, dict) and meta.get("version") == VERSION:
+                with path.open("rb") as f:
+                    if head and f.read(len(head)) != head:
+                        continue  # another version's: not decoded
+                    f.seek(0)
+                    meta = json.loads(f.read())
+                if isinstance(meta, dict) and meta.get("version") == version:
                     out.append((meta, path.with_suffix("")))
             except (OSError, ValueError):
                 continue
         return out
 
-    def load(self, meta: dict, base: Path) -> tuple[Profile, bytes]:
-        """The profile and its BTF blob; ProfileError or OSError if they do not load."""
+    def load(self, meta: dict, base: Path) -> tuple[Profile, bytes, bytes | None]:
+        """The profile, its BTF blob and its BTF index (None: not cached); ProfileError or
+        OSError if they do not load."""
         profile = Profile.unpack(meta, base.with_suffix(".sym").read_bytes())
-        return profile, base.with_suffix(".btf").read_bytes()
+        blob = base.with_suffix(".btf").read_bytes()
+        try:
+            index = base.with_suffix(".idx").read_bytes()
+        except OSError:
+            index = None
+        return profile, blob, index
 
-    def save(self, profile: Profile, btf_blob: bytes) -> None:
+    def save(self, profile: Profile, btf_blob: bytes, btf: "BTF | None" = None) -> None:
         """Write the profile in the background: the files (7 MB for a 7.x kernel) are not
         on the path to the first result. The next look at this store waits for them, and the
-        interpreter does at exit; each file lands whole (written aside, then renamed)."""
-        if self.directory is None:
+        interpreter does at exit; each file lands whole (written aside, then renamed). BTF
+        (parsed from BTF_BLOB) gives the type index to keep beside it."""
+        if self.current is None:
             return
-        meta, payload = profile.pack()
-        files = ((".btf", btf_blob), (".sym", payload),
-                 (".json", json.dumps(meta).encode()))  # the json last: it marks it complete
-        thread = threading.Thread(target=self._write, args=(self.directory / profile.key, files),
+        thread = threading.Thread(target=self._write, args=(self.current / profile.key,
+                                                            profile, btf_blob, btf),
                                   name="cloudvmi-profile-save")
         with _LOCK:
             _PENDING.setdefault(self.directory, []).append(thread)
@@ -170,12 +198,17 @@ class ProfileStore:
             thread.join()
 
     @staticmethod
-    def _write(base: Path, files: tuple[tuple[str, bytes], ...]) -> None:
+    def _write(base: Path, profile: Profile, btf_blob: bytes, btf: "BTF | None") -> None:
+        meta, payload = profile.pack()
+        files = [(".btf", btf_blob), (".sym", payload)]
+        if btf is not None:
+            files.append((".idx", btf.index_bytes()))
+        files.append((".json", json.dumps(meta).encode()))  # the json last: it marks it whole
         try:
             base.parent.mkdir(parents=True, exist_ok=True)
             for suffix, data in files:
                 tmp = base.with_suffix(suffix + f".{os.getpid()}.{threading.get_ident()}.tmp")
                 tmp.write_bytes(data)
                 tmp.rename(base.with_suffix(suffix))
-        except OSError:
+        except (OSError, ProfileError):
             pass  # a cache: the next attach is cold again
