@@ -8,8 +8,9 @@ import cloudvmi
 
 # Bottom to top. The lab is a plug-in at the top (found through the `cloudvmi.finders` entry
 # point), not a foundation: nothing below the CLI imports it.
-LAYERS = ["errors", "paths", "config", "manifest", "capability", "stream", "memory", "control", "arch", "os",
-          "write", "redirect", "interface", "vm", "remote", "lab", "apps", "cli", "__init__"]
+LAYERS = ["errors", "paths", "config", "manifest", "capability", "stream", "memory", "control",
+          "arch", "os", "write", "redirect", "interface", "vm", "remote", "lab", "apps", "cli",
+          "__init__"]
 
 
 def _layer(module: str) -> int:

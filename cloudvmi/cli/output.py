@@ -120,9 +120,21 @@ def say(*parts: Any, err: bool = False) -> None:
     _console("errors" if err else "console").print(line(*parts), soft_wrap=True)
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def to_plain(value: Any) -> Any:
+    """VALUE as JSON-able data: dataclasses as dicts of their fields, walked once (no copy
+    first, as dataclasses.asdict makes)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: to_plain(v) for k, v in dataclasses.asdict(value).items()}
+        return {k: to_plain(getattr(value, k)) for k in _field_names(type(value))}
     if isinstance(value, dict):
         return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

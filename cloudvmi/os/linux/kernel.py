@@ -228,6 +228,23 @@ def _in_memory(phys: PhysicalMemory, arch: Arch, cache_dir: Path | None,
     return None
 
 
+def known_build(phys: PhysicalMemory, cache_dir: Path | None, arch: Arch | None = None) -> bool:
+    """Whether PHYS holds a kernel whose profile is loaded or cached in CACHE_DIR: its banner
+    at the profile's offset from a load slot."""
+    if cache_dir is None:
+        return False
+    arch = arch or arches.get()
+    with _LOADED_LOCK:
+        loaded = [(p.banner_offset, p.banner) for (d, _), (p, _, _) in _LOADED.items()
+                  if d == cache_dir]
+    for meta, _ in ProfileStore(cache_dir).candidates():
+        try:
+            loaded.append((int(meta["banner_offset"]), meta["banner"].encode("latin-1")))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return any(_load_slot(phys, arch, check) is not None for check in loaded)
+
+
 def _load_slot(phys: PhysicalMemory, arch: Arch, *checks: tuple[int, bytes]) -> int | None:
     """The first physical load address on the architecture's alignment where, for each
     (offset, bytes) check, those bytes sit at that offset from it."""
