@@ -20,8 +20,9 @@ class Linux(Facade):
 
     def __init__(self, phys: PhysicalMemory, profile_cache: Path | None, live: bool,
                  snapshot: Callable[[], contextlib.AbstractContextManager] | None = None,
-                 symbols: str | None = None) -> None:
+                 symbols: str | None = None, note=None) -> None:
         self.phys = phys
+        self.note = note  # the VMCOREINFO note the probe found, if it scanned for one
         self.symbols = symbols  # where to look for types if the kernel has no BTF
         self.profile_cache = profile_cache
         self.live = live
@@ -33,7 +34,7 @@ class Linux(Facade):
         if self._kernel is None:
             with self._snapshot():
                 self._kernel = kernel_mod.locate(self.phys, self.profile_cache,
-                                                 symbols=self.symbols)
+                                                 symbols=self.symbols, note=self.note)
         return self._kernel
 
     def ready(self) -> None:

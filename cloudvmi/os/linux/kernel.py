@@ -10,6 +10,7 @@ is cached per build (profile.py). Warm: find this boot's physical load address f
 banner offset (2 MiB-aligned slots), then the virtual slide from the kernel's own page tables.
 """
 
+import itertools
 import struct
 import threading
 import time
@@ -153,10 +154,12 @@ class LinuxKernel:
 
 
 def locate(phys: PhysicalMemory, cache_dir: Path | None = None, arch: Arch | None = None,
-           types: "TypeSources | None" = None, symbols: str | None = None) -> LinuxKernel:
+           types: "TypeSources | None" = None, symbols: str | None = None,
+           note: VmcoreInfo | None = None) -> LinuxKernel:
     """Find the kernel: warm from a cached profile when one matches, else cold. TYPES are
     the places to look for the kernel's types when it carries no BTF of its own; without
-    them, SYMBOLS and the default places (typesource.TypeSources.default)."""
+    them, SYMBOLS and the default places (typesource.TypeSources.default). NOTE: a
+    VMCOREINFO note already found in this memory, tried before scanning for others."""
     arch = arch or arches.get()
     store = ProfileStore(cache_dir)
     start = time.perf_counter()
@@ -168,7 +171,7 @@ def locate(phys: PhysicalMemory, cache_dir: Path | None = None, arch: Arch | Non
         from cloudvmi.os.linux.typesource import TypeSources
 
         types = TypeSources.default(symbols)
-    return _locate_cold(phys, arch, store, types)
+    return _locate_cold(phys, arch, store, types, note)
 
 
 def _locate_warm(phys: PhysicalMemory, arch: Arch, store: ProfileStore, cache_dir: Path | None,
@@ -267,13 +270,15 @@ MAX_IMAGE = 256 << 20  # a kernel image's text, data and tables together (Debian
 
 
 def _locate_cold(phys: PhysicalMemory, arch: Arch, store: ProfileStore,
-                 types: "TypeSources") -> LinuxKernel:
+                 types: "TypeSources", note: VmcoreInfo | None = None) -> LinuxKernel:
     """The kernel VMCOREINFO describes, when the image proves it; else the first kallsyms
     table found by scanning that the banner, the types and the page tables all confirm."""
     stats = LocateStats(warm=False)
     t0 = time.perf_counter()
     tried: list[str] = []
-    for info in find_vmcoreinfo(phys):
+    found = find_vmcoreinfo(phys) if note is None else itertools.chain(
+        [note], (n for n in find_vmcoreinfo(phys) if n.paddr != note.paddr))
+    for info in found:
         stats.seconds["vmcoreinfo"] = time.perf_counter() - t0
         try:
             syms, text_phys = _symbols_from_note(phys, arch, info)
