@@ -5,7 +5,6 @@ or libvirt, or by its QMP socket) or a dump file. It implements
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -134,6 +133,8 @@ class VM:
             boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         except (OSError, IndexError):
             started = boot = "?"
+        import hashlib
+
         kernel = self.linux.kernel
         return {"qemu_pid": pid, "qemu_started": started, "host_boot": boot,
                 "guest_text": kernel.text_virt,
@@ -290,6 +291,8 @@ def check_exec_args(timeout: float, cwd: str) -> None:
 
 def _vm_key(key: str) -> str:
     """A file name for the VM a monitor's key names (a QMP socket's real path, a domain)."""
+    import hashlib
+
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -80,7 +79,7 @@ def width() -> int:
         return int(columns)
     try:
         if sys.stdout.isatty():
-            return shutil.get_terminal_size().columns
+            return os.get_terminal_size(sys.stdout.fileno()).columns
     except (AttributeError, ValueError, OSError):
         pass
     return NOT_A_TTY_WIDTH

@@ -63,6 +63,16 @@ class Kind(IntEnum):
     ENUM64 = 19
 
 
+_KIND_OF = tuple(Kind(n) if n in Kind._value2member_map_ else None for n in range(32))
+
+
+def _kind(number: int) -> Kind:
+    """Kind(NUMBER) without the enum call (a lookup: kinds are asked for on every step of a
+    type walk); an unknown number raises ValueError as Kind() does."""
+    kind = _KIND_OF[number]
+    return kind if kind is not None else Kind(number)
+
+
 # Words (u32) following the 12-byte btf_type: fixed part and per-vlen part, per kind.
 # Unknown kinds get a huge fixed part so the index walk's bounds check rejects them for free.
 _BAD = 1 << 40
@@ -413,7 +423,7 @@ class BTF:
 
     def kind(self, tid: int) -> Kind:
         if 0 < tid < len(self._starts):
-            return Kind((self._words[self._starts[tid] + 1] >> 24) & 0x1F)
+            return _kind((self._words[self._starts[tid] + 1] >> 24) & 0x1F)
         if tid == 0:
             return Kind.VOID
         syn = self._synthetic.get(tid)
@@ -462,7 +472,7 @@ class BTF:
             return BtfType(0, Kind.VOID, "void")
         w, p = self._words, self._starts[tid]
         name_off, info, size_or_type = w[p], w[p + 1], w[p + 2]
-        kind = Kind((info >> 24) & 0x1F)
+        kind = _kind((info >> 24) & 0x1F)
         vlen, kflag = info & 0xFFFF, bool(info >> 31)
         name = self.string(name_off)
         p += 3

@@ -202,7 +202,7 @@ def _locate_warm(phys: PhysicalMemory, arch: Arch, store: ProfileStore, cache_di
             store.save(profile, btf_blob, kernel.btf)
         if profile.types_source == MEMORY:
             with _LOADED_LOCK:
-                _LOADED[(cache_dir, profile.key)] = (profile, btf_blob, kernel.btf)
+                _LOADED[(cache_dir, base.name)] = (profile, btf_blob, kernel.btf)  # name: key
                 while len(_LOADED) > MAX_LOADED:
                     _LOADED.popitem(last=False)
         return kernel
