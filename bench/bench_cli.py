@@ -138,31 +138,44 @@ def volatility(dump: str, cache: Path, report: Report, ours: float, processes: i
                note=f"(fastest of 3, {len(rows)} processes listed, CPU "
                     f"{summary([r[1] for r in runs])['median']:.2f} s)")
     report.add("  ratio: Volatility 3 / cloudvmi ps (warm)", wall / ours, "x", ">= 30x",
-               wall / ours >= 30, note=f"(cloudvmi listed {processes})")
+               wall / ours >= 30, note=f"(cloudvmi listed {processes}, as the guest's own ps "
+                                        "does; Volatility leaves out a zombie)")
 
 
 def in_process(big: str, report: Report) -> None:
     """Lists of every process and thread of the 4 GiB dump, in one process (after a few
-    lists, as an agent or a script that goes on reading): wall and CPU, median of 15."""
+    lists, as an agent or a script that goes on reading): fastest of 15, with the median
+    and CPU. Run in a fresh interpreter, as a script using the API would be, not in this
+    one, whose garbage collector walks what the other figures left."""
+    out = subprocess.run([sys.executable, __file__, "--lists", big], check=True,
+                         capture_output=True, text=True, timeout=900).stdout
+    for name, floor, goal in (("processes", "<= 30 ms", 0.030), ("threads", "<= 20 ms", 0.020)):
+        r = json.loads(out)[name]
+        wall, cpu = r["wall"], r["cpu"]
+        report.add(f"in-process {name} list, {r['n']} entries", wall["min"] * MS, "ms",
+                   floor, wall["min"] <= goal,
+                   note=f"(fastest of 15; median {wall['median'] * MS:.1f} ms; CPU median "
+                        f"{cpu['median'] * MS:.1f} ms)")
+
+
+def lists(big: str) -> None:
+    """The measurements of in_process, printed as JSON (run as `bench_cli.py --lists`)."""
     from cloudvmi.vm import attach
 
+    out = {}
     with tempfile.TemporaryDirectory() as cache, attach(big, profile_cache=cache) as vm:
         linux = vm.linux
         for _ in range(5):
             linux.processes()
-        for name, floor, goal in (("processes", "<= 30 ms", 0.030),
-                                  ("threads", "<= 20 ms", 0.020)):
+        for name in ("processes", "threads"):
             walls, cpus = [], []
             for _ in range(15):
                 c, t = time.process_time(), time.perf_counter()
                 n = len(getattr(linux, name)().items)
                 walls.append(time.perf_counter() - t)
                 cpus.append(time.process_time() - c)
-            wall, cpu = summary(walls), summary(cpus)
-            report.add(f"in-process {name} list, {n} entries", wall["min"] * MS, "ms",
-                       floor, wall["min"] <= goal,
-                       note=f"(fastest of 15; median {wall['median'] * MS:.1f} ms; CPU median "
-                            f"{cpu['median'] * MS:.1f} ms)")
+            out[name] = {"n": n, "wall": summary(walls), "cpu": summary(cpus)}
+    print(json.dumps(out))
 
 
 def make_dump(folder: Path, name: str, **guest) -> str:
@@ -186,7 +199,10 @@ def main() -> None:
     parser.add_argument("--dump4", help="a 256 MiB 6.1 dump with 4-level paging")
     parser.add_argument("--dump5", help="a 512 MiB 6.1 dump with 5-level paging")
     parser.add_argument("--big", help="a 4 GiB 6.1 dump with about 1,000 processes")
+    parser.add_argument("--lists", help=argparse.SUPPRESS)  # the in-process figures' child
     args = parser.parse_args()
+    if args.lists:
+        return lists(args.lists)
     report = Report("cli")
     print("CloudVMI whole commands: `cloudvmi ps DUMP --json`, each a new process")
     work = Path(tempfile.mkdtemp(prefix="bench-cli-"))
