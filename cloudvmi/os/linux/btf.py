@@ -20,6 +20,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
+from itertools import compress
 from typing import TYPE_CHECKING, Any
 
 from cloudvmi.errors import CloudVMIError, ProfileError
@@ -330,6 +331,7 @@ def _split_path(path: str) -> list[tuple[str, list[int]]]:
 
 
 INDEX_MAGIC = b"BTFi"  # index_bytes(), version 1
+_INDEX_HEAD = "<4sIII"  # magic, type starts, words of the type section, named types
 
 
 class BTF:
@@ -555,27 +557,25 @@ class BTF:
     # ----- names
 
     def _by_name(self) -> array:
-        """Every type id, ordered by name (ids in order among equal names): a name is then
-        found by binary search, never by scanning the string section. Built with C-level
-        passes (a 7.x kernel's BTF has 125,000 types), or taken from a profile's cache."""
+        """The ids of the named types, ordered by name (ids in order among equal names): a
+        name is then found by binary search, never by scanning the string section. Built
+        with C-level passes (a 7.x kernel's BTF has 125,000 types, half of them anonymous:
+        pointers, prototypes, qualifiers), or taken from a profile's cache."""
         order = self._name_order
         if order is None:
-            names = self._names()
-            order = self._name_order = array("I", sorted(range(len(names)),
-                                                         key=names.__getitem__))
+            w, starts, strings = self._words, self._starts, self._strings
+            offsets = [w[start] for start in starts] if len(w) else [0]  # no types at all
+            offsets[0] = 0  # type 0 is void
+            if max(offsets) >= len(strings):
+                tid = max(range(len(offsets)), key=offsets.__getitem__)
+                raise ProfileError(f"BTF type {tid} has name offset {offsets[tid]} out of "
+                                   f"range ({len(strings)} bytes of strings)")
+            named = list(compress(range(len(offsets)), offsets))
+            end = strings.index
+            names = [strings[offsets[tid]:end(b"\0", offsets[tid])] for tid in named]
+            order = self._name_order = array("I", map(
+                named.__getitem__, sorted(range(len(named)), key=names.__getitem__)))
         return order
-
-    def _names(self) -> list[bytes]:
-        """The name of every type id, as bytes (void and anonymous types: b"")."""
-        w, starts, strings = self._words, self._starts, self._strings
-        offsets = [w[start] for start in starts] if len(w) else [0]  # no types at all
-        offsets[0] = 0  # type 0 is void
-        if max(offsets) >= len(strings):
-            tid = max(range(len(offsets)), key=offsets.__getitem__)
-            raise ProfileError(f"BTF type {tid} has name offset {offsets[tid]} out of "
-                               f"range ({len(strings)} bytes of strings)")
-        end = strings.index
-        return [strings[off:end(b"\0", off)] for off in offsets]
 
     def _name_bytes(self, tid: int) -> bytes:
         off = self._words[self._starts[tid]] if tid else 0
@@ -603,8 +603,8 @@ class BTF:
         """What `from_bytes(..., index=)` takes to skip its passes over the types: the start
         of each type and the ids in name order (a profile caches them beside the blob)."""
         order = self._by_name()
-        return struct.pack("<4sII", INDEX_MAGIC, len(self._starts), len(self._words)) + \
-            self._starts.tobytes() + order.tobytes()
+        return struct.pack(_INDEX_HEAD, INDEX_MAGIC, len(self._starts), len(self._words),
+                           len(order)) + self._starts.tobytes() + order.tobytes()
 
     def ids_named(self, name: str) -> list[int]:
         """Every type id with this exact name, in id order."""
@@ -864,12 +864,12 @@ def _kind_set(kind: Kind | int | Iterable[Kind | int] | None) -> frozenset[int] 
 def _cached_index(index: bytes, words: array) -> tuple[array, array] | None:
     """(type starts, ids by name) from INDEX, or None when it does not fit WORDS: a cache
     written for another blob, or cut short."""
-    head = struct.calcsize("<4sII")
+    head = struct.calcsize(_INDEX_HEAD)
     if len(index) < head:
         return None
-    magic, count, nwords = struct.unpack_from("<4sII", index)
-    if magic != INDEX_MAGIC or nwords != len(words) or len(index) != head + 8 * count \
-            or not count:
+    magic, count, nwords, named = struct.unpack_from(_INDEX_HEAD, index)
+    if magic != INDEX_MAGIC or nwords != len(words) or not count or named > count or \
+            len(index) != head + 4 * (count + named):
         return None
     starts, order = array("I"), array("I")
     starts.frombytes(index[head:head + 4 * count])
