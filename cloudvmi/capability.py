@@ -9,11 +9,17 @@ codec and the CLI command. Adding a view is one module with one decorated functi
 Declarations are collected from modules listed under the `cloudvmi.capabilities` entry point
 (the built-in ones are listed in pyproject.toml) and in $CLOUDVMI_PLUGINS (comma-separated
 module names), so a site can add views of its own without touching CloudVMI.
+
+Importing every declaring module costs more than a whole `cloudvmi ps DUMP` should (the write
+layer, the applications): after a full load, which module declares what is kept in the cache
+(capabilities.json, manifest.py), so asking for one capability imports only its module while
+none of those modules, their folders, sys.path or $CLOUDVMI_PLUGINS has changed.
 """
 
 import importlib
 import inspect
 import os
+import sys
 import threading
 import typing
 from collections.abc import Callable, Sequence
@@ -212,7 +218,8 @@ def load() -> None:
     ask at once wait for the first to finish (an agent serves calls concurrently)."""
     global _loaded
     with _load_lock:
-        if not _loaded:
+        first = not _loaded
+        if first:
             from importlib.metadata import entry_points
 
             for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -221,16 +228,51 @@ def load() -> None:
         for module in os.environ.get(PLUGINS_ENV, "").split(","):
             if module.strip():
                 importlib.import_module(module.strip())
+        if first:
+            from cloudvmi import manifest
+
+            manifest.save(_REGISTRY.values())
+
+
+def _declared(key: str) -> Capability | None:
+    """Capability KEY, importing only the module the manifest says declares it (None when
+    the manifest is stale or does not know it)."""
+    cap = _REGISTRY.get(key)
+    if cap is not None or _loaded:
+        return cap
+    from cloudvmi import manifest
+
+    module = manifest.current().get("modules", {}).get(key)
+    if module is not None and module not in sys.modules:
+        with _load_lock:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                return None
+    return _REGISTRY.get(key)
 
 
 def get(facet: str, name: str) -> Capability:
-    cap = _REGISTRY.get(f"{facet}.{name}")
+    key = f"{facet}.{name}"
+    cap = _declared(key)
     if cap is None:
         load()
-        cap = _REGISTRY.get(f"{facet}.{name}")
+        cap = _REGISTRY.get(key)
     if cap is None:
         raise AttributeError(f"no {facet} capability {name!r}")
     return cap
+
+
+def command(facet: str, name: str) -> Capability | None:
+    """The capability of FACET whose generic CLI command is NAME, or None."""
+    if not _loaded:
+        from cloudvmi import manifest
+
+        key = manifest.current().get("commands", {}).get(f"{facet} {name}")
+        cap = _declared(key) if key else None
+        if cap is not None and cap.cli and cap.command == name:
+            return cap
+    return next((c for c in all_capabilities(facet) if c.cli and c.command == name), None)
 
 
 def by_key(key: str) -> Capability | None:

@@ -2,28 +2,26 @@
 or libvirt, or by its QMP socket) or a dump file. It implements
 `cloudvmi.interface.VMInterface`, as the remote VM does."""
 
+from __future__ import annotations
+
 import contextlib
-import hashlib
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cloudvmi.capability import vm_call
-from cloudvmi.control import discovery
-from cloudvmi.control.discovery import process_alive, shared_ram_file
-from cloudvmi.control.qmp import QMP
 from cloudvmi.errors import CloudVMIError, GuestMemoryError
 from cloudvmi.memory.base import PhysicalMemory, Region
-from cloudvmi.memory.elfdump import DumpInfo, is_elf_dump, open_elf_dump
-from cloudvmi.memory.layout import host_regions, parse_mtree
 from cloudvmi.memory.mapped import MappedFileMemory
-from cloudvmi.memory.procmem import ProcessMemory
 from cloudvmi.paths import cache_sub, state_sub
-from cloudvmi.redirect.program import Completed, run_program
-from cloudvmi.write.recipes.common import absolute_path
-from cloudvmi.write.recipes.run import TIMEOUT
+
+if TYPE_CHECKING:  # imported where used: reading a dump needs no QMP, write layer or exec
+    from cloudvmi.control.qmp import QMP
+    from cloudvmi.memory.elfdump import DumpInfo
+    from cloudvmi.redirect.program import Completed
 
 MAX_READ = 1 << 30  # one memory read
 
@@ -125,6 +123,8 @@ class VM:
         """Run an unmodified host program against this guest: its system calls on guest
         state run inside the guest. `status, out, err = vm.exec(["ls", "-l", "/etc"])`.
         CHANNEL "persistent" runs them through a guest helper kept until close()."""
+        from cloudvmi.redirect.program import run_program
+
         check_exec_args(timeout, cwd)
         with self.guest.channel(channel) as ch:
             return run_program(ch, argv, stdin, capture, timeout, cwd)
@@ -146,6 +146,8 @@ class VM:
             boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         except (OSError, IndexError):
             started = boot = "?"
+        import hashlib
+
         kernel = self.linux.kernel
         return {"qemu_pid": pid, "qemu_started": started, "host_boot": boot,
                 "guest_text": kernel.text_virt,
@@ -280,14 +282,14 @@ class VM:
 
             ProfileStore(self.profile_cache).flush()  # a profile still being cached lands
 
-    def __enter__(self) -> "VM":
+    def __enter__(self) -> VM:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def _detect_arch(vm: "VM"):
+def _detect_arch(vm: VM):
     from cloudvmi import arch as arches
 
     try:
@@ -310,6 +312,9 @@ def _detect_arch(vm: "VM"):
 def check_exec_args(timeout: float, cwd: str) -> None:
     """vm.exec's TIMEOUT within the bounds `run` declares, and its guest CWD absolute (the
     program's relative paths resolve against it): checked before a guest thread is held."""
+    from cloudvmi.write.recipes.common import absolute_path
+    from cloudvmi.write.recipes.run import TIMEOUT
+
     for name, rule, value in (("timeout", TIMEOUT, timeout), ("cwd", absolute_path, cwd)):
         try:
             rule(value)
@@ -319,6 +324,8 @@ def check_exec_args(timeout: float, cwd: str) -> None:
 
 def _vm_key(key: str) -> str:
     """A file name for the VM a monitor's key names (a QMP socket's real path, a domain)."""
+    import hashlib
+
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
@@ -339,6 +346,8 @@ def _write_marker(path: Path, text: str) -> None:
 def _resume_if_left_paused(qmp) -> None:
     """A process that paused this VM to read it and died before resuming it left a marker:
     resume the VM (only if that process is gone and the VM is still paused)."""
+    from cloudvmi.control.discovery import process_alive
+
     marker = _pause_marker(qmp.key)
     try:
         owner = int(marker.read_text() or 0)
@@ -379,10 +388,14 @@ def _attach(target: str, writable: bool, profile_cache: Path | None | str,
     if path.exists():
         mode = os.stat(path).st_mode
         if stat.S_ISSOCK(mode):
+            from cloudvmi.control.qmp import QMP
+
             return _attach_monitor(QMP(str(path)), target, writable, cache)
         if not stat.S_ISREG(mode) and not stat.S_ISBLK(mode):
             raise CloudVMIError(f"{target} is neither a QMP socket nor a memory dump file")
         return _attach_dump(path, cache)
+    from cloudvmi.control import discovery
+
     found = discovery.find(target, finders)
     if found is None:
         raise CloudVMIError(f"{target!r} is not a known VM, a QMP socket or a dump file")
@@ -395,6 +408,10 @@ def _attach_monitor(qmp, name: str, writable: bool, cache: Path | None,
                     gdb_address: tuple[str, int] | str | None = None) -> VM:
     """A live VM over its monitor QMP (QMP's interface): RAM from its shared file if it has
     one, else from the QEMU process."""
+    from cloudvmi.control.discovery import shared_ram_file
+    from cloudvmi.memory.layout import host_regions, parse_mtree
+    from cloudvmi.memory.procmem import ProcessMemory
+
     try:
         _resume_if_left_paused(qmp)
         _, regions = parse_mtree(qmp.hmp("info mtree -f"))
@@ -425,6 +442,8 @@ def attach_dump(path: str | Path, profile_cache: Path | None | str = "default") 
 
 
 def _attach_dump(path: Path, cache: Path | None) -> VM:
+    from cloudvmi.memory.elfdump import is_elf_dump, open_elf_dump
+
     if is_elf_dump(path):
         phys, info = open_elf_dump(path)
         return VM(path.name, phys, dump=info, profile_cache=cache)

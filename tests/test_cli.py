@@ -187,3 +187,39 @@ def test_shell_completion():
 def test_version():
     result = run("--version")
     assert result.exit_code == 0 and re.fullmatch(r"cloudvmi, version \S+\n", result.stdout)
+
+
+def test_fixed_commands_are_found_by_name():
+    """Each entry of the lazily imported command table names a command of that name, and
+    every command is listed (help, completion) without having been imported first."""
+    from click import Context
+
+    from cloudvmi.cli.main import FIXED, fixed_command
+
+    for name in FIXED:
+        command = fixed_command(name)
+        assert command is not None and command.name == name, name
+    listed = main.list_commands(Context(main))
+    assert set(FIXED) <= set(listed) and {"ps", "threads", "vms"} <= set(listed)
+
+
+def test_ps_of_a_dump_imports_only_what_it_uses(dump, tmp_path):
+    """`cloudvmi ps DUMP --json` (manifest and profile cached): no gRPC, no rich, no write
+    layer, no pyelftools, no other view module; and the same output as a cold run."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, runpy; sys.argv = ['cloudvmi', 'ps', sys.argv[1], '--json'];"
+             "from cloudvmi.cli.main import main\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print('\\nMODULES', ' '.join(sorted(sys.modules)))")
+    env = {**os.environ, "CLOUDVMI_CACHE": str(tmp_path)}
+    outs = [subprocess.run([sys.executable, "-c", probe, dump], env=env, capture_output=True,
+                           text=True, timeout=600, check=True).stdout for _ in range(2)]
+    cold, warm = (out.rsplit("\nMODULES ", 1) for out in outs)
+    assert cold[0] == warm[0] and json.loads(warm[0])["items"]
+    modules = set(warm[1].split())
+    for heavy in ("grpc", "rich", "cloudvmi.write.injector", "cloudvmi.remote.client",
+                  "elftools", "cloudvmi.os.linux.typesource", "cloudvmi.control.qmp",
+                  "cloudvmi.os.linux.views.sockets", "importlib.metadata"):
+        assert heavy not in modules, heavy

@@ -272,3 +272,45 @@ def test_search_path_order(tmp_path, monkeypatch):
                                          Path("/srv/btfhub")]
     finally:
         config._load.cache_clear()
+
+
+def test_profile_versions_and_the_cached_type_index(guest_images, tmp_path):
+    """A cold attach caches format 3 (profiles/v3/, with the BTF's type index); a warm one
+    uses the index and gives the same lists. A version-2 profile (the format before, beside
+    v3/) is still read, and written again as version 3; a version-1 file is never decoded."""
+    import json
+
+    from cloudvmi.os.linux.btf import BTF
+    from cloudvmi.os.linux.kernel import _LOADED
+
+    dump = guest_images("6.1") / "6.1.elf"
+    cache = tmp_path / "profiles"
+
+    def lists() -> tuple[list, str]:
+        _LOADED.clear()
+        with attach(str(dump), profile_cache=cache) as vm:
+            return ([(p.pid, p.ppid, p.comm, p.cmdline, p.exe)
+                     for p in vm.linux.processes().items], vm.linux.kernel.stats.how)
+
+    cold, how = lists()
+    assert how == "vmcoreinfo"
+    v3 = cache / "v3"
+    key = next(v3.glob("*.json")).stem
+    assert {p.suffix for p in v3.glob(f"{key}.*")} == {".json", ".sym", ".btf", ".idx"}
+    blob, index = (v3 / f"{key}.btf").read_bytes(), (v3 / f"{key}.idx").read_bytes()
+    plain, indexed = BTF.from_bytes(blob), BTF.from_bytes(blob, index)
+    for name in ("task_struct", "list_head", "pid", "int", "mm_struct", "no_such_type"):
+        assert indexed.ids_named(name) == plain.ids_named(name), name
+    assert BTF.from_bytes(blob, index[:-4])._name_order is None  # cut short: not used
+    assert lists() == (cold, "cached profile")
+
+    for suffix in (".btf", ".sym"):  # as the format before kept it
+        (v3 / f"{key}{suffix}").rename(cache / f"{key}{suffix}")
+    meta = json.loads((v3 / f"{key}.json").read_text())
+    (cache / f"{key}.json").write_text(json.dumps({**meta, "version": 2}))
+    (cache / "old.json").write_text(json.dumps({"banner": "x" * (1 << 20)}))  # version 1
+    for stale in v3.iterdir():
+        stale.unlink()
+    assert lists() == (cold, "cached profile")
+    assert (v3 / f"{key}.idx").exists() and json.loads(
+        (v3 / f"{key}.json").read_text())["version"] == 3

@@ -8,8 +8,9 @@ import cloudvmi
 
 # Bottom to top. The lab is a plug-in at the top (found through the `cloudvmi.finders` entry
 # point), not a foundation: nothing below the CLI imports it.
-LAYERS = ["errors", "paths", "config", "capability", "stream", "memory", "control", "arch", "os",
-          "write", "redirect", "interface", "vm", "remote", "lab", "apps", "ecosystem", "cli",
+LAYERS = ["errors", "paths", "config", "manifest", "capability", "stream", "memory", "control",
+          "arch", "os", "write", "redirect", "interface", "vm", "remote", "lab", "apps",
+          "ecosystem", "cli",
           "__init__"]
 
 

@@ -73,6 +73,27 @@ def test_elf_dump_segments(tmp_path):
         mem.read(0x1000, 1)
 
 
+def test_elf32_and_extended_numbering_dumps(tmp_path):
+    """QEMU writes ELF32 for a guest not in long mode, and puts the number of program
+    headers in section 0's sh_info when e_phnum cannot hold it (PN_XNUM)."""
+    header = b"\x7fELF" + bytes([1, 1, 1, 0]) + bytes(8) + struct.pack(
+        "<HHIIIIIHHHHHH", 4, 3, 1, 0, 52, 0, 0, 52, 32, 1, 40, 0, 0)
+    phdr = struct.pack("<IIIIIIII", 1, 84, 0x2000, 0x2000, 4096, 4096, 6, 4096)
+    path = tmp_path / "dump32.elf"
+    path.write_bytes(header + phdr + b"C" * 4096)
+    mem, _ = open_elf_dump(path)
+    assert mem.read(0x2000, 2) == b"CC"
+    core = bytearray(_elf_core([(0, b"A" * 4096), (0x100000, b"B" * 4096)]))
+    shoff = len(core)
+    struct.pack_into("<QH", core, 40, shoff, 0)  # e_shoff
+    struct.pack_into("<H", core, 56, 0xFFFF)  # e_phnum = PN_XNUM
+    core += struct.pack("<IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, 2, 0, 0)  # sh_info = 2
+    path = tmp_path / "xnum.elf"
+    path.write_bytes(bytes(core))
+    mem, _ = open_elf_dump(path)
+    assert mem.read(0x100000, 1) == b"B"
+
+
 def test_truncated_elf_dump_keeps_what_it_has(tmp_path):
     path = tmp_path / "dump.elf"
     full = _elf_core([(0, b"A" * 4096), (0x100000, b"B" * 4096)])

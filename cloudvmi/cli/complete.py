@@ -2,10 +2,14 @@
 with the inventory's nodes, and files (dumps, QMP sockets). Completion runs on every Tab,
 so it reads only local state and never contacts an agent or fails."""
 
+from typing import TYPE_CHECKING
+
 import click
-from click.shell_completion import CompletionItem
 
 from cloudvmi.errors import CloudVMIError
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
 
 def _running() -> list[str]:
@@ -21,7 +25,9 @@ def _nodes() -> list[str]:
 
 
 def complete_vm(ctx: click.Context, param: click.Parameter,
-                incomplete: str) -> list[CompletionItem]:
+                incomplete: str) -> list["CompletionItem"]:
+    from click.shell_completion import CompletionItem
+
     items: list[CompletionItem] = []
     try:
         if "@" in incomplete:

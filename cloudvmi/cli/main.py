@@ -1,6 +1,7 @@
 """The `cloudvmi` command: every view of the registry as a command (`cloudvmi ps VM`), the
 guest operations, the fleet, the agent and the lab."""
 
+import importlib
 import os
 import sys
 
@@ -35,24 +36,56 @@ def _options_first(args: list[str]) -> list[str]:
     return front + rest
 
 
+# The fixed commands, by name: each module is imported only when its command is named (or
+# when every command is listed), so `cloudvmi ps DUMP` does not import the write layer, the
+# agent or the lab. tests/test_cli.py checks that each entry names a command of that name.
+FIXED = {
+    "lab": "cloudvmi.cli.lab:lab",
+    "agent": "cloudvmi.cli.agent:agent",
+    "exec": "cloudvmi.cli.exec_cmd:exec_command",
+    "guard": "cloudvmi.cli.guard_cmd:guard",
+    "fim": "cloudvmi.cli.fim_cmd:fim",
+    "enforce": "cloudvmi.cli.enforce_cmd:enforce",
+    "hunt": "cloudvmi.cli.hunt_cmd:hunt",
+    "isf": "cloudvmi.cli.vol_cmd:isf",
+    "vol": "cloudvmi.cli.vol_cmd:vol",
+    "certs": "cloudvmi.cli.remote_admin:certs",
+    "audit": "cloudvmi.cli.remote_admin:audit",
+    **{name: f"cloudvmi.cli.ops:{attr}" for name, attr in (
+        ("kill", "kill"), ("cat", "cat"), ("put", "put"), ("ls", "ls_"), ("rm", "rm"),
+        ("stat", "stat"), ("mkdir", "mkdir"), ("chmod", "chmod"), ("chown", "chown"),
+        ("sysctl", "sysctl"), ("ip", "ip"), ("run", "run"))},
+}
+
+
+def fixed_command(name: str) -> click.Command | None:
+    """The fixed command NAME, its module imported now."""
+    where = FIXED.get(name)
+    if where is None:
+        return None
+    module, _, attr = where.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 class Commands(click.Group):
-    """Fixed commands, plus one per view of the registry, made when first named."""
+    """Fixed commands (imported when named), plus one per view of the registry, made when
+    first named."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, _options_first(args))
 
-    def _views(self) -> dict:
+    def list_commands(self, ctx: click.Context) -> list[str]:
         from cloudvmi import capability
 
-        return {c.command: c for c in capability.all_capabilities("linux") if c.cli}
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self._views()})
+        views = (c.command for c in capability.all_capabilities("linux") if c.cli)
+        return sorted({*super().list_commands(ctx), *FIXED, *views})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        command = super().get_command(ctx, name)
+        command = super().get_command(ctx, name) or fixed_command(name)
         if command is None:
-            cap = self._views().get(name)
+            from cloudvmi import capability
+
+            cap = capability.command("linux", name)
             command = view_command(cap) if cap else None
         return command
 
@@ -156,31 +189,6 @@ def vms(as_json: bool, local: bool, nodes: str | None, srv: str | None, dns: str
     if failed:
         raise SystemExit(1)
 
-
-from cloudvmi.cli import agent as _agent  # noqa: E402
-from cloudvmi.cli import enforce_cmd as _enforce  # noqa: E402
-from cloudvmi.cli import exec_cmd as _exec  # noqa: E402
-from cloudvmi.cli import fim_cmd as _fim  # noqa: E402
-from cloudvmi.cli import guard_cmd as _guard  # noqa: E402
-from cloudvmi.cli import hunt_cmd as _hunt  # noqa: E402
-from cloudvmi.cli import lab as _lab  # noqa: E402
-from cloudvmi.cli import ops as _ops  # noqa: E402
-from cloudvmi.cli import remote_admin as _remote_admin  # noqa: E402
-from cloudvmi.cli import vol_cmd as _vol  # noqa: E402
-
-main.add_command(_lab.lab)
-main.add_command(_agent.agent)
-main.add_command(_exec.exec_command)
-main.add_command(_guard.guard)
-main.add_command(_fim.fim)
-main.add_command(_enforce.enforce)
-main.add_command(_hunt.hunt)
-main.add_command(_vol.isf)
-main.add_command(_vol.vol)
-for _command in _remote_admin.COMMANDS:
-    main.add_command(_command)
-for _command in _ops.COMMANDS:
-    main.add_command(_command)
 
 if __name__ == "__main__":
     main(prog_name="cloudvmi")

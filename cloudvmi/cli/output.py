@@ -4,25 +4,45 @@ Guest strings are hostile input: they are printed literally (never markup), cont
 escaped. Tables are laid out like `ps`: a row never wraps; when a table is wider than the
 terminal, its widest free-text columns (command lines, paths, ...) are cut with an ellipsis,
 and identifier columns (PIDs, addresses, numbers) never are. `--wide` prints every field whole.
+
+rich is imported on first use of a table, a line or the consoles (`output.console`,
+`output.errors`): `--json` output never needs it.
 """
 
 import dataclasses
 import json
 import os
 import re
-import shutil
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.cells import cell_len
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-console = Console(highlight=False, width=1 << 20)  # every print gives its own width
-errors = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+_consoles: dict[str, "Console"] = {}
+
+
+def _console(name: str) -> "Console":
+    """The console NAME ("console": stdout, "errors": stderr), made on first use."""
+    made = _consoles.get(name)
+    if made is None:
+        from rich.console import Console
+
+        made = _consoles.setdefault(name, Console(highlight=False, width=1 << 20)
+                                    if name == "console"  # every print gives its own width
+                                    else Console(stderr=True, highlight=False))
+    return made
+
+
+def __getattr__(name: str) -> Any:
+    """`output.console` and `output.errors`, made when first asked for."""
+    if name in ("console", "errors"):
+        return _console(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _JSON_CONTROL = re.compile(r"[\x7f-\x9f]")  # json.dumps escapes the C0 ones itself
@@ -59,7 +79,7 @@ def width() -> int:
         return int(columns)
     try:
         if sys.stdout.isatty():
-            return shutil.get_terminal_size().columns
+            return os.get_terminal_size(sys.stdout.fileno()).columns
     except (AttributeError, ValueError, OSError):
         pass
     return NOT_A_TTY_WIDTH
@@ -73,17 +93,21 @@ def escape(value: Any) -> str:
     return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def literal(value: Any, limit: int | None = None, style: str = "") -> Text:
+def literal(value: Any, limit: int | None = None, style: str = "") -> "Text":
     """VALUE as text that the terminal shows as it is: no markup, no escape sequences;
     cut at LIMIT characters with a note of how much is left out."""
+    from rich.text import Text
+
     s = "" if value is None else str(value)
     if limit is not None and len(s) > limit:
         s = f"{s[:limit]}… (+{len(s) - limit} characters)"
     return Text(escape(s), style=style)
 
 
-def line(*parts: Any) -> Text:
+def line(*parts: Any) -> "Text":
     """One line of output from PARTS: strings are literal, Text keeps its style."""
+    from rich.text import Text
+
     out = Text()
     for part in parts:
         out.append(part if isinstance(part, Text) else literal(part))
@@ -92,12 +116,24 @@ def line(*parts: Any) -> Text:
 
 def say(*parts: Any, err: bool = False) -> None:
     """Print one line (see `line`), never wrapped by us: the terminal may fold it."""
-    (errors if err else console).print(line(*parts), soft_wrap=True)
+    _console("errors" if err else "console").print(line(*parts), soft_wrap=True)
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def to_plain(value: Any) -> Any:
+    """VALUE as JSON-able data: dataclasses as dicts of their fields, walked once (no copy
+    first, as dataclasses.asdict makes)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: to_plain(v) for k, v in dataclasses.asdict(value).items()}
+        return {k: to_plain(getattr(value, k)) for k in _field_names(type(value))}
     if isinstance(value, dict):
         return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -159,13 +195,16 @@ def _tightest(natural: list[int], fixed: list[bool], headers: list[int],
     return tries[-1]
 
 
-def _fixed(header: str, cells: list[Text], numeric: set[str]) -> bool:
+def _fixed(header: str, cells: list["Text"], numeric: set[str]) -> bool:
     return header in numeric or all(_IDENTIFIER.fullmatch(c.plain) for c in cells)
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]],
           caption: str | None = None, numeric: Iterable[str] = ()) -> None:
     """A titled table of ROWS; every cell literal. Fits the terminal unless --wide."""
+    from rich.cells import cell_len
+    from rich.table import Table
+
     numeric = set(numeric) | NUMERIC
     cells = [[literal(v) for v in row] for row in rows]
     by_column = [[row[i] for row in cells] for i in range(len(columns))]
@@ -188,7 +227,7 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]],
         t.add_row(*row)
     line_width = sum(widths) + gap * (len(columns) - 1)
     _heading(title, "bold", total, line_width)
-    console.print(t, width=max(line_width, 1), crop=False, soft_wrap=False)
+    _console("console").print(t, width=max(line_width, 1), crop=False, soft_wrap=False)
     if caption:
         _heading(caption, "dim", total, line_width)
 
@@ -198,9 +237,12 @@ def _heading(text: str, style: str, total: int, line_width: int) -> None:
     out.no_wrap = True
     out.overflow = "ellipsis"
     cut = None if settings.wide else total
-    console.print(out, width=cut or max(line_width, out.cell_len), soft_wrap=cut is None)
+    _console("console").print(out, width=cut or max(line_width, out.cell_len),
+                              soft_wrap=cut is None)
 
 
 def error(message: Any) -> None:
     """`error: MESSAGE` on stderr, on one line (newlines in MESSAGE are escaped)."""
+    from rich.text import Text
+
     say(Text("error: ", style="red"), escape(message), err=True)

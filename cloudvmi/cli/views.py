@@ -11,10 +11,9 @@ from typing import Any
 import click
 
 from cloudvmi.capability import Capability, Column
-from cloudvmi.cli import failures
+from cloudvmi.cli import failures, output
 from cloudvmi.cli.complete import complete_vm
-from cloudvmi.cli.output import console, emit_json, error, literal, set_wide, table
-from cloudvmi.cli.progress import Progress, status
+from cloudvmi.cli.output import emit_json, error, literal, set_wide, table
 
 _CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
@@ -52,7 +51,7 @@ def render(cap: Capability, vm_name: str, result: Any) -> None:
         table(title, ["FIELD", "VALUE"], ((f.name, getattr(result, f.name))
                                           for f in dataclasses.fields(result)))
     else:
-        console.print(literal(result), soft_wrap=True)
+        output.console.print(literal(result), soft_wrap=True)
 
 
 def _field_columns(items: list):
@@ -119,6 +118,8 @@ def view_command(cap: Capability) -> click.Command:
         def go() -> None:
             with open_vm(vm) as v:
                 if not as_json:
+                    from cloudvmi.cli.progress import status
+
                     with status("Finding the kernel in guest memory…"):
                         v.linux.ready()
                 result = getattr(v.linux, cap.name)(**args)
@@ -146,6 +147,7 @@ def _fleet(cap: Capability, args: dict, as_json: bool, inventory) -> None:
     """The view on every VM of every node, fetched concurrently; a node or VM that fails
     gets its own error line and the others still answer (exit status 1 if any failed).
     Nodes, and each node's VMs, come in name order."""
+    from cloudvmi.cli.progress import Progress
     from cloudvmi.remote.fleet import view_on_all
 
     with Progress(f"{cap.command} on every VM", hide=as_json) as progress:

@@ -119,5 +119,11 @@ class PhysicalMemory(ABC):
                     i = data.find(needle, i + 1)
                 pos += chunk
 
+    def find_at_page_offset(self, needle: bytes, offset: int, page: int = 4096
+                            ) -> Iterator[int]:
+        """Addresses k * PAGE + OFFSET where NEEDLE starts, for sources that can look at one
+        place per page cheaply (a map); others find none here, and callers scan (find)."""
+        return iter(())
+
     def close(self) -> None:  # noqa: B027 - most sources hold nothing to release
         """Release the source (files, maps)."""

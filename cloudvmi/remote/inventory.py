@@ -3,19 +3,25 @@ credentials; and `VM@NODE` names resolved through it. Read strictly (`schema`): 
 and unknown keys are errors, and plaintext (`insecure`) only reaches a loopback address.
 
 Nodes come from its [[node]] tables, and from the sources its [sources] table or the command
-line names (a static list, DNS SRV records: `nodesource`); those always use mutual TLS."""
+line names (a static list, DNS SRV records: `nodesource`); those always use mutual TLS.
+
+The gRPC client is imported only when a node is reached: `open_target` of a local VM or a
+dump file (`cloudvmi ps guest.elf`) costs no gRPC import."""
+
+from __future__ import annotations
 
 import os
 import time
-import tomllib
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cloudvmi.errors import CloudVMIError
 from cloudvmi.remote import nodesource, schema
-from cloudvmi.remote.client import TLS, Node, RemoteVM
 from cloudvmi.remote.schema import Setting
+
+if TYPE_CHECKING:
+    from cloudvmi.remote.client import TLS, Node
 
 CLIENT_SETTINGS = {name: Setting(str, required=True, low=1) for name in ("ca", "cert", "key")}
 NODE_SETTINGS = {
@@ -73,6 +79,8 @@ class Inventory:
                                 f"(known: {', '.join(sorted(self.nodes)) or 'none'})")
         if not entry.insecure and self.tls is None:
             raise CloudVMIError("the inventory has no [client] credentials for mutual TLS")
+        from cloudvmi.remote.client import Node
+
         return Node(entry.address, None if entry.insecure else self.tls, name=entry.name,
                     timeout=timeout, server_name=entry.server_name)
 
@@ -81,6 +89,8 @@ class Inventory:
         (NodeTimeout for a node that took over TIMEOUT seconds, default the inventory's),
         sorted by node name. Each call to a node has that deadline too, so a node that hangs
         holds nothing past it."""
+        from concurrent import futures
+
         timeout = self.timeout if timeout is None else timeout
         results: dict[str, object] = {}
         pool = futures.ThreadPoolExecutor(
@@ -142,6 +152,8 @@ def load(path: str | Path | None = None, nodes: str | None = None, srv: str | No
 
 
 def _read(path: Path, optional: bool) -> Inventory:
+    import tomllib
+
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -156,6 +168,8 @@ def _read(path: Path, optional: bool) -> Inventory:
     tls = None
     if "client" in data:
         client = schema.table(data["client"], CLIENT_SETTINGS, f"{where}: [client]")
+        from cloudvmi.remote.client import TLS
+
         tls = TLS(*(base / client[k] for k in ("ca", "cert", "key")))
     nodes = {}
     for i, n in enumerate(schema.tables(data.get("node", []), NODE_SETTINGS,
@@ -181,6 +195,8 @@ def open_target(target: str, writable: bool = False):
         vm, _, node = target.rpartition("@")
         if not vm or not node:
             raise CloudVMIError(f"{target!r}: a remote VM is VM@NODE, both named")
+        from cloudvmi.remote.client import RemoteVM
+
         return RemoteVM(load().node(node), vm, owns_node=True)
     from cloudvmi.vm import attach
 

@@ -11,7 +11,6 @@ from cloudvmi.errors import CloudVMIError
 from cloudvmi.memory.base import PhysicalMemory
 from cloudvmi.os.linux import kernel as kernel_mod
 from cloudvmi.os.linux.kernel import LinuxKernel
-from cloudvmi.os.linux.typesource import TypeSources
 
 
 class Linux(Facade):
@@ -22,9 +21,10 @@ class Linux(Facade):
 
     def __init__(self, phys: PhysicalMemory, profile_cache: Path | None, live: bool,
                  snapshot: Callable[[], contextlib.AbstractContextManager] | None = None,
-                 symbols: str | None = None, arch=None) -> None:
+                 symbols: str | None = None, arch=None, note=None) -> None:
         self.phys = phys
         self.arch = arch  # the guest's CPU (cloudvmi.arch.Arch), as its VM found it
+        self.note = note  # the VMCOREINFO note the probe found, if it scanned for one
         self.symbols = symbols  # where to look for types if the kernel has no BTF
         self.profile_cache = profile_cache
         self.live = live
@@ -39,16 +39,17 @@ class Linux(Facade):
         (a cold locate takes a fraction of a second); only if that fails is it tried again
         with the guest held."""
         if self._kernel is None:
-            types = TypeSources.default(self.symbols)
+            def locate() -> LinuxKernel:
+                return kernel_mod.locate(self.phys, self.profile_cache, self.arch,
+                                         symbols=self.symbols, note=self.note)
+
             try:
-                self._kernel = kernel_mod.locate(self.phys, self.profile_cache, self.arch,
-                                                 types=types)
+                self._kernel = locate()
             except CloudVMIError:
                 if not self.live:
                     raise
                 with self._snapshot():
-                    self._kernel = kernel_mod.locate(self.phys, self.profile_cache,
-                                                     self.arch, types=types)
+                    self._kernel = locate()
         return self._kernel
 
     def ready(self) -> None:

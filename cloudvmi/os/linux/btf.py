@@ -17,7 +17,6 @@ import struct
 import sys
 import threading
 from array import array
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
@@ -63,6 +62,16 @@ class Kind(IntEnum):
     DECL_TAG = 17
     TYPE_TAG = 18
     ENUM64 = 19
+
+
+_KIND_OF = tuple(Kind(n) if n in Kind._value2member_map_ else None for n in range(32))
+
+
+def _kind(number: int) -> Kind:
+    """Kind(NUMBER) without the enum call (a lookup: kinds are asked for on every step of a
+    type walk); an unknown number raises ValueError as Kind() does."""
+    kind = _KIND_OF[number]
+    return kind if kind is not None else Kind(number)
 
 
 # Words (u32) following the 12-byte btf_type: fixed part and per-vlen part, per kind.
@@ -321,6 +330,10 @@ def _split_path(path: str) -> list[tuple[str, list[int]]]:
     return parts
 
 
+INDEX_MAGIC = b"BTFi"  # index_bytes(), version 1
+_INDEX_HEAD = "<4sIII"  # magic, type starts, words of the type section, named types
+
+
 class BTF:
     """Lazily decoded BTF: a type index built in one pass, the rest on demand and cached."""
 
@@ -332,7 +345,7 @@ class BTF:
         self._strings = strings
         self._endian = endian
         self._types: dict[int, BtfType] = {}
-        self._name_index: tuple[dict[int, int], dict[int, list[int]]] | None = None
+        self._name_order: array | None = None  # type ids by name (see _by_name)
         self._resolved: dict[int, int] = {}
         self._sizes: dict[int, int] = {}
         self._layouts: dict[int, Struct] = {}
@@ -345,8 +358,10 @@ class BTF:
     # ----- parsing
 
     @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview) -> BTF:
-        """Check the header and index every type; the cost is one pass over the types."""
+    def from_bytes(cls, data: bytes | bytearray | memoryview, index: bytes | None = None
+                   ) -> BTF:
+        """Check the header and index every type; the cost is one pass over the types,
+        none when INDEX (`index_bytes()` of this very blob, from a cache) fits it."""
         data = bytes(data)
         if len(data) < HEADER_SIZE:
             raise ProfileError(f"BTF blob truncated: {len(data)} bytes, the header needs "
@@ -391,8 +406,12 @@ class BTF:
         words.frombytes(data[t0:t0 + type_len])
         if (endian == "<") != (sys.byteorder == "little"):
             words.byteswap()
-        starts = _index_types(words)
-        return cls(data, words, starts, strings, endian)
+        cached = _cached_index(index, words) if index else None
+        starts = cached[0] if cached else _index_types(words)
+        btf = cls(data, words, starts, strings, endian)
+        if cached:
+            btf._name_order = cached[1]
+        return btf
 
     def __len__(self) -> int:
         """Number of type ids, counting void (id 0)."""
@@ -406,7 +425,7 @@ class BTF:
 
     def kind(self, tid: int) -> Kind:
         if 0 < tid < len(self._starts):
-            return Kind((self._words[self._starts[tid] + 1] >> 24) & 0x1F)
+            return _kind((self._words[self._starts[tid] + 1] >> 24) & 0x1F)
         if tid == 0:
             return Kind.VOID
         syn = self._synthetic.get(tid)
@@ -455,7 +474,7 @@ class BTF:
             return BtfType(0, Kind.VOID, "void")
         w, p = self._words, self._starts[tid]
         name_off, info, size_or_type = w[p], w[p + 1], w[p + 2]
-        kind = Kind((info >> 24) & 0x1F)
+        kind = _kind((info >> 24) & 0x1F)
         vlen, kflag = info & 0xFFFF, bool(info >> 31)
         name = self.string(name_off)
         p += 3
@@ -537,44 +556,55 @@ class BTF:
 
     # ----- names
 
-    def _by_offset(self) -> tuple[dict[int, int], dict[int, list[int]]]:
-        """Type ids by name offset: the first id for each offset, and every id for the few
-        offsets that several types share (a struct and its FWD). Built with C-level passes:
-        a 7.x kernel's BTF has 125,000 types."""
-        index = self._name_index
-        if index is None:
-            w, starts = self._words, self._starts
+    def _by_name(self) -> array:
+        """The ids of the named types, ordered by name (ids in order among equal names): a
+        name is then found by binary search, never by scanning the string section. Built
+        with C-level passes (a 7.x kernel's BTF has 125,000 types, half of them anonymous:
+        pointers, prototypes, qualifiers), or taken from a profile's cache."""
+        order = self._name_order
+        if order is None:
+            w, starts, strings = self._words, self._starts, self._strings
             offsets = [w[start] for start in starts] if len(w) else [0]  # no types at all
             offsets[0] = 0  # type 0 is void
-            if max(offsets) >= len(self._strings):
+            if max(offsets) >= len(strings):
                 tid = max(range(len(offsets)), key=offsets.__getitem__)
                 raise ProfileError(f"BTF type {tid} has name offset {offsets[tid]} out of "
-                                   f"range ({len(self._strings)} bytes of strings)")
-            first = dict(zip(reversed(offsets), range(len(offsets) - 1, -1, -1), strict=True))
-            first.pop(0, None)
-            shared = {off for off, count in Counter(offsets).items() if count > 1 and off}
-            several: dict[int, list[int]] = {}
-            for tid in compress(range(len(offsets)), map(shared.__contains__, offsets)):
-                several.setdefault(offsets[tid], []).append(tid)
-            index = self._name_index = (first, several)
-        return index
+                                   f"range ({len(strings)} bytes of strings)")
+            named = list(compress(range(len(offsets)), offsets))
+            end = strings.index
+            names = [strings[offsets[tid]:end(b"\0", offsets[tid])] for tid in named]
+            order = self._name_order = array("I", map(
+                named.__getitem__, sorted(range(len(named)), key=names.__getitem__)))
+        return order
+
+    def _name_bytes(self, tid: int) -> bytes:
+        off = self._words[self._starts[tid]] if tid else 0
+        return self._strings[off:self._strings.index(b"\0", off)]
 
     def _ids(self, name: bytes) -> list[int]:
-        """Every type id called NAME, in id order: each place NAME sits in the string
-        section (a name may also be the tail of a longer string) that a type names."""
+        """Every type id called NAME, in id order."""
         if not name or b"\0" in name:
             return []
-        first, several = self._by_offset()
-        strings, needle = self._strings, name + b"\0"
-        ids: list[int] = []
-        at = strings.find(needle)
-        while at >= 0:
-            if at in several:
-                ids += several[at]
-            elif at in first:
-                ids.append(first[at])
-            at = strings.find(needle, at + 1)
-        return sorted(ids)
+        order, of = self._by_name(), self._name_bytes
+        low, high = 0, len(order)
+        while low < high:  # the first id whose name is not below NAME
+            mid = (low + high) // 2
+            if of(order[mid]) < name:
+                low = mid + 1
+            else:
+                high = mid
+        ids = []
+        while low < len(order) and of(order[low]) == name:
+            ids.append(order[low])
+            low += 1
+        return ids
+
+    def index_bytes(self) -> bytes:
+        """What `from_bytes(..., index=)` takes to skip its passes over the types: the start
+        of each type and the ids in name order (a profile caches them beside the blob)."""
+        order = self._by_name()
+        return struct.pack(_INDEX_HEAD, INDEX_MAGIC, len(self._starts), len(self._words),
+                           len(order)) + self._starts.tobytes() + order.tobytes()
 
     def ids_named(self, name: str) -> list[int]:
         """Every type id with this exact name, in id order."""
@@ -829,6 +859,24 @@ def _kind_set(kind: Kind | int | Iterable[Kind | int] | None) -> frozenset[int] 
     if isinstance(kind, int):
         return frozenset({kind})
     return frozenset(kind)
+
+
+def _cached_index(index: bytes, words: array) -> tuple[array, array] | None:
+    """(type starts, ids by name) from INDEX, or None when it does not fit WORDS: a cache
+    written for another blob, or cut short."""
+    head = struct.calcsize(_INDEX_HEAD)
+    if len(index) < head:
+        return None
+    magic, count, nwords, named = struct.unpack_from(_INDEX_HEAD, index)
+    if magic != INDEX_MAGIC or nwords != len(words) or not count or named > count or \
+            len(index) != head + 4 * (count + named):
+        return None
+    starts, order = array("I"), array("I")
+    starts.frombytes(index[head:head + 4 * count])
+    order.frombytes(index[head + 4 * count:])
+    if starts[0] != 0 or (count > 1 and starts[-1] + 3 > nwords):
+        return None
+    return starts, order
 
 
 def _index_types(words: array) -> array:

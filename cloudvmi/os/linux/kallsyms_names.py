@@ -194,10 +194,9 @@ class NameTables:
         try:
             size = int(meta["blob"])
             seqs = None
-            if meta["seqs"] is not None:
+            if meta["seqs"] is not None:  # kept as an array: indexed, never listed whole
                 seqs = array("I")
                 seqs.frombytes(payload[size:size + int(meta["seqs"])])
-                seqs = seqs.tolist()
             tables = cls([str(t) for t in meta["tokens"]], payload[:size],
                          [int(m) for m in meta["markers"]], int(meta["count"]), seqs)
         except (KeyError, TypeError, ValueError) as exc:

@@ -11,11 +11,13 @@ banner offset (2 MiB-aligned slots), then the virtual slide from the kernel's ow
 """
 
 import contextlib
+import itertools
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cloudvmi import arch as arches
 from cloudvmi.arch import Arch
@@ -24,9 +26,11 @@ from cloudvmi.memory.base import PhysicalMemory
 from cloudvmi.os.linux import systemmap
 from cloudvmi.os.linux.btf import BTF, locate_btf
 from cloudvmi.os.linux.kallsyms import Kallsyms, kallsyms_at, kallsyms_candidates
-from cloudvmi.os.linux.profile import MEMORY, Profile, ProfileStore
-from cloudvmi.os.linux.typesource import TypeSources, release_of
+from cloudvmi.os.linux.profile import MEMORY, VERSION, Profile, ProfileStore
 from cloudvmi.os.linux.vmcoreinfo import VmcoreInfo, find_vmcoreinfo
+
+if TYPE_CHECKING:  # types from outside the guest: only a cold attach may need them
+    from cloudvmi.os.linux.typesource import TypeSources
 
 BANNER_PREFIX = b"Linux version "
 BTF_MAGIC = b"\x9f\xeb\x01"
@@ -180,9 +184,12 @@ class LinuxKernel:
 
 
 def locate(phys: PhysicalMemory, cache_dir: Path | None = None, arch: Arch | None = None,
-           types: TypeSources | None = None) -> LinuxKernel:
+           types: "TypeSources | None" = None, symbols: str | None = None,
+           note: VmcoreInfo | None = None) -> LinuxKernel:
     """Find the kernel: warm from a cached profile when one matches, else cold. TYPES are
-    the places to look for the kernel's types when it carries no BTF of its own."""
+    the places to look for the kernel's types when it carries no BTF of its own; without
+    them, SYMBOLS and the default places (typesource.TypeSources.default). NOTE: a
+    VMCOREINFO note already found in this memory, tried before scanning for others."""
     arch = arch or arches.get()
     store = ProfileStore(cache_dir)
     start = time.perf_counter()
@@ -190,7 +197,11 @@ def locate(phys: PhysicalMemory, cache_dir: Path | None = None, arch: Arch | Non
         kernel = _locate_warm(phys, arch, store, cache_dir, start)
     if kernel is not None:
         return kernel
-    return _locate_cold(phys, arch, store, types or TypeSources([]))
+    if types is None:
+        from cloudvmi.os.linux.typesource import TypeSources
+
+        types = TypeSources.default(symbols)
+    return _locate_cold(phys, arch, store, types, note)
 
 
 def _locate_warm(phys: PhysicalMemory, arch: Arch, store: ProfileStore, cache_dir: Path | None,
@@ -210,16 +221,18 @@ def _locate_warm(phys: PhysicalMemory, arch: Arch, store: ProfileStore, cache_di
         stats = LocateStats(warm=True, how="cached profile")
         stats.seconds["find_load_address"] = time.perf_counter() - start
         try:
-            profile, btf_blob = store.load(meta, base)
+            profile, btf_blob, index = store.load(meta, base)
         except (OSError, ProfileError):
             continue
         if profile.btf_offset >= 0 and (
                 phys.read(text_phys + profile.btf_offset, 24) != btf_blob[:24]):
             continue
-        kernel = _finish(phys, arch, profile, btf_blob, text_phys, None, stats)
+        kernel = _finish(phys, arch, profile, btf_blob, text_phys, None, stats, index=index)
+        if meta.get("version") != VERSION or index is None:  # an older format: written anew
+            store.save(profile, btf_blob, kernel.btf)
         if profile.types_source == MEMORY:
             with _LOADED_LOCK:
-                _LOADED[(cache_dir, profile.key)] = (profile, btf_blob, kernel.btf)
+                _LOADED[(cache_dir, base.name)] = (profile, btf_blob, kernel.btf)  # name: key
                 while len(_LOADED) > MAX_LOADED:
                     _LOADED.popitem(last=False)
         return kernel
@@ -248,6 +261,23 @@ def _in_memory(phys: PhysicalMemory, arch: Arch, cache_dir: Path | None,
     return None
 
 
+def known_build(phys: PhysicalMemory, cache_dir: Path | None, arch: Arch | None = None) -> bool:
+    """Whether PHYS holds a kernel whose profile is loaded or cached in CACHE_DIR: its banner
+    at the profile's offset from a load slot."""
+    if cache_dir is None:
+        return False
+    arch = arch or arches.get()
+    with _LOADED_LOCK:
+        loaded = [(p.banner_offset, p.banner) for (d, _), (p, _, _) in _LOADED.items()
+                  if d == cache_dir]
+    for meta, _ in ProfileStore(cache_dir).candidates():
+        try:
+            loaded.append((int(meta["banner_offset"]), meta["banner"].encode("latin-1")))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return any(_load_slot(phys, arch, check) is not None for check in loaded)
+
+
 def _load_slot(phys: PhysicalMemory, arch: Arch, *checks: tuple[int, bytes]) -> int | None:
     """The first physical load address on the architecture's alignment where, for each
     (offset, bytes) check, those bytes sit at that offset from it."""
@@ -270,13 +300,15 @@ MAX_IMAGE = 256 << 20  # a kernel image's text, data and tables together (Debian
 
 
 def _locate_cold(phys: PhysicalMemory, arch: Arch, store: ProfileStore,
-                 types: TypeSources) -> LinuxKernel:
+                 types: "TypeSources", note: VmcoreInfo | None = None) -> LinuxKernel:
     """The kernel VMCOREINFO describes, when the image proves it; else the first kallsyms
     table found by scanning that the banner, the types and the page tables all confirm."""
     stats = LocateStats(warm=False)
     t0 = time.perf_counter()
     tried: list[str] = []
-    for info in find_vmcoreinfo(phys):
+    found = find_vmcoreinfo(phys) if note is None else itertools.chain(
+        [note], (n for n in find_vmcoreinfo(phys) if n.paddr != note.paddr))
+    for info in found:
         stats.seconds["vmcoreinfo"] = time.perf_counter() - t0
         try:
             syms, text_phys = _symbols_from_note(phys, arch, info, types)
@@ -287,7 +319,7 @@ def _locate_cold(phys: PhysicalMemory, arch: Arch, store: ProfileStore,
         except (ProfileError, GuestMemoryError) as exc:
             tried.append(f"{info.summary()}: {exc}")
             continue
-        store.save(profile, blob)
+        store.save(profile, blob, kernel.btf)
         return kernel
     if not tried:
         tried.append("no VMCOREINFO note in RAM (a kernel without kdump support)")
@@ -303,7 +335,7 @@ def _locate_cold(phys: PhysicalMemory, arch: Arch, store: ProfileStore,
             except (ProfileError, GuestMemoryError) as exc:
                 tried.append(f"kallsyms table at {syms.table_paddr:#x}: {exc}")
                 continue
-            store.save(profile, blob)
+            store.save(profile, blob, kernel.btf)
             return kernel
     except ProfileError as exc:
         tried.append(f"scan: {exc}")
@@ -344,7 +376,7 @@ def _symbols_from_note(phys: PhysicalMemory, arch: Arch, info: VmcoreInfo,
 
 
 def _from_symbols(phys: PhysicalMemory, arch: Arch, syms: Kallsyms, stats: LocateStats,
-                  types: TypeSources, text_phys: int | None = None,
+                  types: "TypeSources", text_phys: int | None = None,
                   info: VmcoreInfo | None = None):
     """Kernel, profile and BTF blob for a decoded table; TEXT_PHYS when the caller knows it."""
     t1 = time.perf_counter()
@@ -435,6 +467,8 @@ def _check_types(kernel: LinuxKernel) -> None:
                                       + btf.struct("new_utsname").offset("release"), 65)
     except (KeyError, LookupError, ProfileError, GuestMemoryError) as exc:
         raise ProfileError(f"its types do not fit this kernel ({exc})") from exc
+    from cloudvmi.os.linux.typesource import release_of
+
     want = release_of(kernel.profile.banner).encode()
     if not comm.startswith(b"swapper") or pid != 0:
         raise ProfileError(f"its types do not fit this kernel: init_task reads as "
@@ -457,9 +491,11 @@ def _read_banner(phys: PhysicalMemory, paddr: int) -> bytes:
 
 def _finish(phys: PhysicalMemory, arch: Arch, profile: Profile, btf_blob: bytes,
             text_phys: int, text_virt: int | None, stats: LocateStats,
-            btf: BTF | None = None) -> LinuxKernel:
+            btf: BTF | None = None, index: bytes | None = None) -> LinuxKernel:
+    """The kernel, once the page tables confirm where the image is. INDEX: the BTF's
+    cached type index (BTF.index_bytes)."""
     t0 = time.perf_counter()
-    btf = btf or BTF.from_bytes(btf_blob)
+    btf = btf or BTF.from_bytes(btf_blob, index)
     stats.seconds["btf_parse"] = time.perf_counter() - t0
     levels = _paging_levels(phys, arch, text_phys, profile)
     pgd_off = next((o for o in map(profile.offset, arch.kernel_pgd_symbols) if o is not None),

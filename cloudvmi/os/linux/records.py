@@ -65,6 +65,24 @@ class Record:
         self.names = frozenset(s.name for s in slots)
         self.span = (min((s.offset for s in slots), default=0),
                      max((s.offset + s.size for s in slots), default=0))
+        self._compile()
+
+    def _compile(self) -> None:
+        """One struct.Struct for the plain integer fields that do not overlap, so a read
+        unpacks them in one call; the others (byte arrays, bitfields, union members over
+        a field already taken) are unpacked one by one."""
+        lo = self.span[0]
+        fmt, names, rest, at = [self.endian], [], [], lo
+        for s in sorted(self.slots, key=lambda s: s.offset):
+            if s.fmt is None or s.bit_size or s.offset < at:
+                rest.append((s, None if s.fmt is None else struct.Struct(self.endian + s.fmt)))
+                continue
+            fmt.append(f"{s.offset - at}x{s.fmt}" if s.offset > at else s.fmt)
+            names.append(s.name)
+            at = s.offset + s.size
+        self._ints = struct.Struct("".join(fmt))
+        self._int_names = tuple(names)
+        self._rest = tuple(rest)
 
     def __contains__(self, name: str) -> bool:
         return name in self.names
@@ -89,12 +107,12 @@ class Record:
         """One read of the span covering every field, then unpack each field from it."""
         lo, hi = self.span
         raw = space.read(address + lo, hi - lo)
-        out = {}
-        for s in self.slots:
-            if s.fmt is None:
+        out = dict(zip(self._int_names, self._ints.unpack_from(raw), strict=True))
+        for s, unpack in self._rest:
+            if unpack is None:
                 out[s.name] = raw[s.offset - lo:s.offset - lo + s.size]
                 continue
-            value = struct.unpack_from(self.endian + s.fmt, raw, s.offset - lo)[0]
+            value = unpack.unpack_from(raw, s.offset - lo)[0]
             if s.bit_size:
                 value = (value >> s.bit_offset) & ((1 << s.bit_size) - 1)
             out[s.name] = value

@@ -20,6 +20,7 @@ from cloudvmi.memory.base import PhysicalMemory
 NOTE_NAME = b"VMCOREINFO\0"
 MAX_DESC = 64 << 10        # VMCOREINFO_BYTES is one page; leave room for large pages
 MAX_NOTES = 64             # look-alikes examined before giving up (planted ones are hostile)
+NOTE_NAME_AT = 12          # the name's offset in a note that starts a page
 _LINE = re.compile(rb"([A-Za-z0-9_()./\-]{1,128})=([\x20-\x7e]{0,512})")
 
 
@@ -79,26 +80,45 @@ def parse(text: bytes, paddr: int = 0) -> VmcoreInfo | None:
 
 
 def find_vmcoreinfo(phys: PhysicalMemory) -> Iterator[VmcoreInfo]:
-    """Each well-formed VMCOREINFO note in RAM, in address order (bounded)."""
-    seen = 0
-    for at in phys.find(NOTE_NAME):
-        seen += 1
-        if seen > MAX_NOTES:
-            return
-        start = at - 12  # Elf64_Nhdr: namesz, descsz, type (4 bytes each), then the name
-        try:
-            header = phys.read(start, 12)
-        except CloudVMIError:
-            continue
-        namesz = int.from_bytes(header[0:4], "little")
-        descsz = int.from_bytes(header[4:8], "little")
-        kind = int.from_bytes(header[8:12], "little")
-        if namesz != len(NOTE_NAME) or kind != 0 or not 0 < descsz <= MAX_DESC:
-            continue
-        desc = at + 12  # the name, 11 bytes, padded to 4
-        try:
-            info = parse(phys.read(desc, descsz), desc)
-        except CloudVMIError:
-            continue
+    """Each well-formed VMCOREINFO note in RAM (bounded): first those at the start of a page,
+    where the kernel allocates its note (alloc_pages_exact), found by looking at one place
+    per page where the source can (a scan of a 4 GiB guest's RAM took 2 s, the note being
+    high in it); then, if the caller asks for more, every other in address order."""
+    seen: set[int] = set()
+    budget = [MAX_NOTES]
+    for at in phys.find_at_page_offset(NOTE_NAME, NOTE_NAME_AT):
+        seen.add(at)
+        info = _note_at(phys, at, budget)
         if info is not None:
             yield info
+        if not budget[0]:
+            return
+    for at in phys.find(NOTE_NAME):
+        if at in seen:
+            continue
+        info = _note_at(phys, at, budget)
+        if info is not None:
+            yield info
+        if not budget[0]:
+            return
+
+
+def _note_at(phys: PhysicalMemory, at: int, budget: list[int]) -> VmcoreInfo | None:
+    """The note whose name is at AT, if its header and text are well formed; each call
+    spends one of BUDGET (look-alikes examined)."""
+    budget[0] -= 1
+    start = at - 12  # Elf64_Nhdr: namesz, descsz, type (4 bytes each), then the name
+    try:
+        header = phys.read(start, 12)
+    except CloudVMIError:
+        return None
+    namesz = int.from_bytes(header[0:4], "little")
+    descsz = int.from_bytes(header[4:8], "little")
+    kind = int.from_bytes(header[8:12], "little")
+    if namesz != len(NOTE_NAME) or kind != 0 or not 0 < descsz <= MAX_DESC:
+        return None
+    desc = at + 12  # the name, 11 bytes, padded to 4
+    try:
+        return parse(phys.read(desc, descsz), desc)
+    except CloudVMIError:
+        return None

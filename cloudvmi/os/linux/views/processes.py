@@ -163,11 +163,13 @@ class TaskReader:
             raw += more.split(b"\0", 1)[0]
         return split_strings(raw)
 
-    def exe(self, mm: dict) -> str | None:
+    def exe(self, mm: dict, cache: "PathCache | None" = None) -> str | None:
+        """The path of the process's executable; CACHE: one per view call (the processes of
+        a guest share a few executables and their directories)."""
         if not mm["exe_file"]:
             return None
         f = self.file.read(self.kernel, mm["exe_file"])
-        return self.d_path(f["mnt"], f["dentry"])
+        return self.d_path(f["mnt"], f["dentry"], cache)
 
     def name(self, d: dict, address: int) -> bytes:
         """A dentry's name (d_name), sliced from the record when it is one of the short
@@ -280,6 +282,7 @@ def processes(kernel: LinuxKernel) -> ViewResult[Process]:
     reader = kernel.helper(TaskReader)
     addresses, partial = task_addresses(reader)
     result: ViewResult[Process] = ViewResult(partial=partial)
+    paths = PathCache(reader)
     for address in addresses:
         try:
             t = reader.task.read(kernel, address)
@@ -288,11 +291,11 @@ def processes(kernel: LinuxKernel) -> ViewResult[Process]:
             continue
         if t["pid"] == 0:
             continue
-        result.items.append(_process(reader, address, t))
+        result.items.append(_process(reader, address, t, paths))
     return result
 
 
-def _process(reader: TaskReader, address: int, t: dict) -> Process:
+def _process(reader: TaskReader, address: int, t: dict, paths: PathCache) -> Process:
     kernel = reader.kernel
     errors: list[str] = []
     ppid = uid = gid = euid = 0
@@ -319,7 +322,7 @@ def _process(reader: TaskReader, address: int, t: dict) -> Process:
         try:
             mm = reader.mm.read(kernel, t["mm"])
             cmdline = reader.cmdline(mm)
-            exe = reader.exe(mm)
+            exe = reader.exe(mm, paths)
         except GuestMemoryError as exc:
             errors.append(f"mm: {exc}")
     start_ns = t.get("start_boottime", t.get("real_start_time", 0))
