@@ -99,6 +99,7 @@ def elf_machine(f) -> str:
     """The e_machine of the ELF file F by its name ("EM_X86_64"; "EM_<n>" for others)."""
     f.seek(0)
     ident = f.read(20)
+    f.seek(0)
     if len(ident) < 20 or ident[:4] != ELF_MAGIC:
         raise ValueError("no ELF magic")
     number = int.from_bytes(ident[18:20], "little" if ident[5] == 1 else "big")

@@ -343,7 +343,7 @@ def _locate_cold(phys: PhysicalMemory, arch: Arch, store: ProfileStore,
 
 
 def _symbols_from_note(phys: PhysicalMemory, arch: Arch, info: VmcoreInfo,
-                       types: TypeSources) -> tuple[Kallsyms, int]:
+                       types: "TypeSources") -> tuple[Kallsyms, int]:
     """kallsyms where the note puts it (from 6.0; before, the scanned table the note's _stext
     agrees with) and the physical _text the note's phys_base gives."""
     delta = arch.image_offset(info.number)
