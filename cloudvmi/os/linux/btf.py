@@ -351,6 +351,7 @@ class BTF:
         self._layouts: dict[int, Struct] = {}
         self._lookups: dict[str, int] = {}
         self._pointers: dict[int, int] | None = None
+        self.from_index = False  # indexed from a cached index_bytes(), not by a pass
         self._synthetic: dict[int, BtfType] = {}
         # Free-form memo for layers above (objects.py keeps its access plans here).
         self.cache: dict[Any, Any] = {}
@@ -411,6 +412,7 @@ class BTF:
         btf = cls(data, words, starts, strings, endian)
         if cached:
             btf._name_order = cached[1]
+        btf.from_index = cached is not None
         return btf
 
     def __len__(self) -> int:

@@ -228,7 +228,8 @@ def _locate_warm(phys: PhysicalMemory, arch: Arch, store: ProfileStore, cache_di
                 phys.read(text_phys + profile.btf_offset, 24) != btf_blob[:24]):
             continue
         kernel = _finish(phys, arch, profile, btf_blob, text_phys, None, stats, index=index)
-        if meta.get("version") != VERSION or index is None:  # an older format: written anew
+        if meta.get("version") != VERSION or not kernel.btf.from_index:
+            # an older format, or an index that does not fit its blob: written anew
             store.save(profile, btf_blob, kernel.btf)
         if profile.types_source == MEMORY:
             with _LOADED_LOCK:
