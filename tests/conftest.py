@@ -1,5 +1,6 @@
 """Shared fixtures: images of real lab guests, and the `guest` marker for tests that boot them."""
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -22,6 +23,25 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if BOOTING & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.guest)
+
+
+LARGE_COPY = 32 << 20  # bytes: a guest image or dump, not a test's small files
+
+
+@pytest.fixture(autouse=True)
+def _drop_large_copies(request):
+    """Hostile tests corrupt a copy of a guest image (512 MiB) in their tmp_path, and pytest
+    keeps every test's tmp_path: over the suite that is tens of GB. Once a test is done, the
+    large files it left there go (the small ones stay for a look at a failure)."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    folder = request.getfixturevalue("tmp_path")
+    yield
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size > LARGE_COPY:
+                path.unlink()
 
 
 @pytest.fixture(scope="session")
