@@ -297,9 +297,12 @@ def test_seeded_random_corruption_of_files(raw_copy, seed):
     rng = random.Random(seed)
     mem, kernel, tasks = _edit(raw_copy)
     intact = files(kernel).items
-    for victim in rng.sample(intact, 24):
-        dentry = tasks.file.read(kernel, victim.address)["dentry"]
-        for base, size in ((victim.address, tasks.file.struct.size),
+    victims = rng.sample(intact, 24)
+    # Every target is found before anything is broken: descriptors of forked processes
+    # share one struct file, whose dentry pointer an earlier victim may have scrambled.
+    targets = [(v.address, tasks.file.read(kernel, v.address)["dentry"]) for v in victims]
+    for address, dentry in targets:
+        for base, size in ((address, tasks.file.struct.size),
                            (dentry, tasks.dentry.struct.size)):
             for _ in range(3):
                 offset = rng.randrange(0, size - 8) & ~7
