@@ -127,6 +127,14 @@ class Tracer:
     # -- the loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
         while self.threads:
+            # A traced thread can vanish without a report to its tracer (ptrace(2): the old
+            # tid of a thread that execs in a multi-threaded process). Waiting for it would
+            # block forever when this process has another child (a pool's helper), so the
+            # threads that no longer exist are dropped before each wait.
+            for gone in [t for t in self.threads if not os.path.exists(f"/proc/{t}")]:
+                self.threads.pop(gone, None)
+            if not self.threads:
+                return
             try:
                 tid, status = os.waitpid(-1, ptrace.WALL)
             except ChildProcessError:
