@@ -18,6 +18,8 @@ from pathlib import Path
 from cloudvmi.control.qmp import QMP
 from cloudvmi.lab import guest as lab
 
+from report import timed as samples  # noqa: F401 - wall-clock seconds of N calls (bench/)
+
 ROOT = Path(__file__).resolve().parents[2]  # the checkout
 CLI = [sys.executable, "-m", "cloudvmi.cli.main"]
 VOL = str(Path(sys.executable).with_name("vol"))  # the environment's own Volatility 3
@@ -63,16 +65,6 @@ class Settings:
         if self._shared is not None:
             lab.down(self._shared.name)
             self._shared = None
-
-
-def samples(fn: Callable[[], object], n: int) -> list[float]:
-    """Wall-clock seconds of N calls of FN."""
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def stats(values: list[float]) -> dict:

@@ -6,6 +6,27 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+# System calls from 424 on have one number on every architecture (the kernel gave them a
+# single table); each architecture's table lists only what comes before.
+UNIFIED_SYSCALLS = """
+424 pidfd_send_signal 425 io_uring_setup
+426 io_uring_enter 427 io_uring_register 428 open_tree 429 move_mount 430 fsopen 431 fsconfig
+432 fsmount 433 fspick 434 pidfd_open 435 clone3 436 close_range 437 openat2 438 pidfd_getfd
+439 faccessat2 440 process_madvise 441 epoll_pwait2 442 mount_setattr 443 quotactl_fd
+444 landlock_create_ruleset 445 landlock_add_rule 446 landlock_restrict_self 447 memfd_secret
+448 process_mrelease 449 futex_waitv 450 set_mempolicy_home_node
+451 cachestat 452 fchmodat2 453 map_shadow_stack 454 futex_wake 455 futex_wait
+456 futex_requeue 457 statmount 458 listmount 459 lsm_get_self_attr 460 lsm_set_self_attr
+461 lsm_list_modules 462 mseal 463 setxattrat 464 getxattrat 465 listxattrat 466 removexattrat
+467 open_tree_attr
+"""
+
+
+def syscall_numbers(table: str) -> dict[str, int]:
+    """NAME -> number from "NR NAME ..." text, with the unified numbers added."""
+    words = (table + UNIFIED_SYSCALLS).split()
+    return {name: int(nr) for nr, name in zip(words[::2], words[1::2], strict=True)}
+
 
 @dataclass(frozen=True)
 class SyscallABI:

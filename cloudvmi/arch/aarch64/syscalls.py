@@ -1,7 +1,10 @@
 """Every arm64 Linux system call's number: the generic table (include/uapi/asm-generic/
 unistd.h) that arm64 and the newer ports share. It has no fork, open, dup2, stat or pipe:
 clone, openat, dup3, newfstatat and pipe2 take their places. From 424 on every
-architecture numbers new calls alike."""
+architecture numbers new calls alike.
+"""
+
+from cloudvmi.arch.base import syscall_numbers
 
 _TABLE = """
 0 io_setup 1 io_destroy 2 io_submit 3 io_cancel 4 io_getevents 5 setxattr 6 lsetxattr
@@ -46,18 +49,7 @@ _TABLE = """
 274 sched_setattr 275 sched_getattr 276 renameat2 277 seccomp 278 getrandom 279 memfd_create
 280 bpf 281 execveat 282 userfaultfd 283 membarrier 284 mlock2 285 copy_file_range 286 preadv2
 287 pwritev2 288 pkey_mprotect 289 pkey_alloc 290 pkey_free 291 statx 292 io_pgetevents
-293 rseq 294 kexec_file_load 424 pidfd_send_signal 425 io_uring_setup 426 io_uring_enter
-427 io_uring_register 428 open_tree 429 move_mount 430 fsopen 431 fsconfig 432 fsmount
-433 fspick 434 pidfd_open 435 clone3 436 close_range 437 openat2 438 pidfd_getfd 439 faccessat2
-440 process_madvise 441 epoll_pwait2 442 mount_setattr 443 quotactl_fd
-444 landlock_create_ruleset 445 landlock_add_rule 446 landlock_restrict_self 447 memfd_secret
-448 process_mrelease 449 futex_waitv 450 set_mempolicy_home_node
-451 cachestat 452 fchmodat2 453 map_shadow_stack 454 futex_wake 455 futex_wait
-456 futex_requeue 457 statmount 458 listmount 459 lsm_get_self_attr 460 lsm_set_self_attr
-461 lsm_list_modules 462 mseal 463 setxattrat 464 getxattrat 465 listxattrat 466 removexattrat
-467 open_tree_attr
+293 rseq 294 kexec_file_load
 """
 
-NUMBERS: dict[str, int] = {
-    name: int(nr) for nr, name in zip(_TABLE.split()[::2], _TABLE.split()[1::2], strict=True)
-}
+NUMBERS: dict[str, int] = syscall_numbers(_TABLE)
