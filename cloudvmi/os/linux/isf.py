@@ -83,6 +83,16 @@ KNOWN_SYMBOL_TYPES = {
     "bpf_kallsyms": "struct list_head",
     "timekeeper": "struct timekeeper",
     "tk_core": "struct tk_data",  # 6.13+; before, an anonymous struct (below)
+    "socket_file_ops": "struct file_operations",
+    "sockfs_dentry_operations": "struct dentry_operations",
+    "tty_drivers": "struct list_head",
+    "prog_idr": "struct idr",
+    "prb": "struct printk_ringbuffer *",
+    "log_buf": "char *",
+    "log_buf_len": "u32",
+    "keyboard_notifier_list": "struct atomic_notifier_head",
+    "ftrace_ops_list": "struct ftrace_ops *",
+    "ftrace_list_end": "struct ftrace_ops",
 }
 # Globals of an anonymous struct type (`static struct { ... } tk_core`), told by their
 # members' names.
