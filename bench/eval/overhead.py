@@ -46,17 +46,20 @@ def _watchers(name: str, work: Path) -> dict[str, Callable[[threading.Event], No
         with attach(name, writable=True) as vm:
             _every_second(stop, lambda: vm.guest.read_file("/proc/version"))
 
-    def fim_loop(stop):
-        with attach(name, writable=True) as vm:
-            base = work / "overhead-etc.json"
-            fim.baseline(vm, name, ["/etc"], base)
-            stop.wait(0.5)
-            while not stop.is_set():
-                fim.check(vm, base)
+    def fim_loop(channel):
+        def loop(stop):
+            with attach(name, writable=True) as vm:
+                base = work / f"overhead-etc-{channel}.json"
+                fim.baseline(vm, name, ["/etc"], base, channel=channel)
+                stop.wait(0.5)
+                while not stop.is_set():
+                    fim.check(vm, base, channel=channel)
+        return loop
 
     return {"process list every 1 s": ps, "guard watch (1 s)": guard,
             "injected operation every 1 s (cat /proc/version)": inject,
-            "fim check of /etc, in a loop": fim_loop}
+            "fim check of /etc, in a loop (stop channel)": fim_loop("stop"),
+            "fim check of /etc, in a loop (persistent channel)": fim_loop("persistent")}
 
 
 @contextlib.contextmanager
