@@ -117,7 +117,9 @@ def _keys(listing: str, rows: list[dict], tool: str) -> set:
     if listing == "processes":
         return {int(r["PID"] if tool == "Volatility 3" else r["pid"]) for r in rows}
     if listing == "modules":
-        return {r["Name"] if tool == "Volatility 3" else r["name"] for r in rows}
+        # Volatility 3 names the column "Module Name" since 2.26, "Name" before
+        return {r.get("Module Name", r.get("Name")) if tool == "Volatility 3" else r["name"]
+                for r in rows}
     if tool == "Volatility 3":
         return {(str(r.get("Proto", "")).lower().rstrip("6"), int(r["Source Port"] or 0),
                  int(r["Destination Port"] or 0)) for r in rows
