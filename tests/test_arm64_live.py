@@ -4,6 +4,8 @@ architecture found from QEMU and from the dump (never assumed). One guest per ke
 6.1 (48-bit, kallsyms without data symbols) and 6.12 (52-bit with FEAT_LPA2), the same
 paused guest the view tests read (conftest's `viewed`), its own view asked before the pause."""
 
+import shutil
+
 import pytest
 from matrix import ARM64
 
@@ -90,6 +92,58 @@ def test_dump_gives_the_same_results_as_live(live, tmp_path):
         assert offline.linux.info().release == vm.linux.info().release
     for a, b in zip(live_views, dump_views, strict=True):
         assert a == b
+
+
+def _patch(vm, path, vaddr: int, data: bytes) -> None:
+    """Write DATA at kernel address VADDR into the dump file PATH of VM's memory."""
+    paddr = vm.linux.kernel.space.translate(vaddr)
+    region = next(r for r in vm.phys.regions() if r.start <= paddr < r.start + r.size)
+    with open(path, "r+b") as f:
+        f.seek(region.offset + paddr - region.start)
+        f.write(data)
+
+
+def test_integrity_clean_then_tampering_found(live, tmp_path):
+    """Every check runs on arm64 (system-call tables, exception vectors, module memory) and
+    finds nothing on a clean guest; a system-call entry and a vector entry redirected in a
+    dump of it are found, each as the one finding of its check."""
+    vm, _ = live
+    clean = vm.linux.integrity_checks()
+    assert clean.partial is None
+    runs = {r.subject: r for r in clean.items}
+    assert runs["sys_call_table"].checked > 400 and runs["vectors"].checked == 16
+    assert runs["module memory"].checked == len(vm.linux.modules().items)
+    assert vm.linux.integrity().items == []
+
+    from cloudvmi.arch.aarch64.branches import branches
+
+    dump = tmp_path / "guest.elf"
+    if vm.qmp is not None:
+        vm.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{dump}")
+    else:  # a kept dump ($CLOUDVMI_VIEW_CORPUS)
+        shutil.copyfile(vm.phys.path, dump)
+    kernel = vm.linux.kernel
+    symbols = kernel.symbols
+    nr = kernel.arch.syscall.numbers["kill"]
+    read = symbols.lookup("__arm64_sys_read")
+    with attach(str(dump), profile_cache=None, symbols=vm.symbols) as offline:
+        table = symbols.lookup("sys_call_table")
+        _patch(offline, dump, table + 8 * nr, read.to_bytes(8, "little"))
+        # vectors[4] (EL1 sync): its branch to its handler sent to the EL0 IRQ handler
+        slot = symbols.lookup("vectors") + 4 * 128
+        out = [b for b in branches(kernel.read(slot, 128), slot)
+               if b.kind == "b" and not slot <= b.target < slot + 128][-1]
+        other = symbols.lookup("el0t_64_irq" if symbols.get("el0t_64_irq") else "el0_irq")
+        word = 0x1400_0000 | ((other - out.at) >> 2) & 0x3FF_FFFF
+        _patch(offline, dump, out.at, word.to_bytes(4, "little"))
+    with attach(str(dump), profile_cache=None, symbols=vm.symbols) as offline:
+        found = {(f.check, f.subject): f for f in offline.linux.integrity().items}
+    assert set(found) == {("syscall_table", f"sys_call_table[{nr}] kill"),
+                          ("vectors", "vectors[4] (el1 sync)")}, found
+    f = found["syscall_table", f"sys_call_table[{nr}] kill"]
+    assert (f.address, f.expected, f.actual, f.severity) == \
+        (read, "__arm64_sys_kill", "__arm64_sys_read", "high")
+    assert found["vectors", "vectors[4] (el1 sync)"].address == other
 
 
 def test_writes_are_refused_clearly(live):

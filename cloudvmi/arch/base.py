@@ -2,7 +2,7 @@
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -26,6 +26,20 @@ def syscall_numbers(table: str) -> dict[str, int]:
     """NAME -> number from "NR NAME ..." text, with the unified numbers added."""
     words = (table + UNIFIED_SYSCALLS).split()
     return {name: int(nr) for nr, name in zip(words[::2], words[1::2], strict=True)}
+
+
+@dataclass(frozen=True)
+class SyscallTable:
+    """A table of system-call entry points in the kernel image, and how an entry is told
+    right: numbers below NAMED_BELOW must be the function the ABI names for them (its
+    symbol is PREFIXES[0] plus the name, or the kernel's alias of it); the others only of
+    this table's kind (a symbol starting with one of PREFIXES)."""
+
+    symbol: str
+    abi: str  # a short name for reports: x64, ia32, x32, arm64, arm32
+    prefixes: tuple[str, ...]
+    named_below: int
+    how: str  # how an entry is checked, for reports
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,15 @@ class Arch:
     # The kernel image's variable holding (virtual - physical) of the image (arm64's
     # kimage_voffset): the slide read, then checked on the page tables; None: search them
     image_voffset_symbol: str | None = None
+    # The kernel's system-call tables, the function names it gives some numbers instead of
+    # sys_NAME, and its switch dispatchers (symbol, table abi) where it has them
+    syscall_tables: tuple[SyscallTable, ...] = ()
+    syscall_aliases: dict[str, str] = field(default_factory=dict)
+    syscall_dispatchers: tuple[tuple[str, str], ...] = ()
+    # Where module memory lies: [(start, end)] from the image's variables (read_u64(symbol)
+    # -> int | None) and the image's end
+    module_areas: Callable[[Callable[[str], int | None], int], list[tuple[int, int]]] = \
+        lambda read_u64, image_end: []
     qemu_names: tuple[str, ...] = ()  # QMP query-target's "arch" for this CPU
     elf_machine: str = ""  # a dump's e_machine, as pyelftools names it
     writable: bool = True  # system calls can be injected (registers, batch, helper known)

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 from cloudvmi.arch.aarch64 import abi
 from cloudvmi.arch.aarch64.paging import AddressSpace, TranslationCache
-from cloudvmi.arch.base import Arch
+from cloudvmi.arch.base import Arch, SyscallTable
 from cloudvmi.arch.paging import PAGE
 
 # PAGE_OFFSET, the start of the linear map, is -(1 << VA_BITS): a build constant.
@@ -50,6 +50,38 @@ def _ttbr_table(regs: dict[str, int]) -> int:
     return (ttbr & 0x0000_FFFF_FFFF_FFC0) | ((ttbr >> 2) & 0xF) << 48
 
 
+MODULES_VSIZE = 128 << 20  # where modules go first; with PLTs, anywhere 2 GiB from there
+
+
+def _module_areas(read_u64: Callable[[str], int | None], image_end: int) -> list[tuple[int, int]]:
+    """Module memory from the kernel's own choice at boot: 6.5 on, a direct area within
+    branch range of the image and a PLT area (module_direct_base, module_plt_base, each 0
+    when unused); before, one base that both grow from (module_alloc_base)."""
+    areas = []
+    direct, plt = read_u64("module_direct_base"), read_u64("module_plt_base")
+    if direct:
+        areas.append((direct, direct + MODULES_VSIZE))
+    if plt:
+        areas.append((plt, plt + (2 << 30)))
+    base = read_u64("module_alloc_base")
+    if not areas and base:
+        areas.append((base, base + (2 << 30)))
+    return areas
+
+
+SYSCALL_TABLES = (
+    SyscallTable("sys_call_table", "arm64", ("__arm64_sys_",), 1 << 16,
+                 "against the function the generic table names for its number"),
+    SyscallTable("compat_sys_call_table", "arm32", ("__arm64_compat_sys_", "__arm64_sys_"),
+                 0, "for its kind only: a 32-bit (compat) syscall entry in kernel text"),
+)
+# Numbers whose function the kernel names otherwise (include/uapi/asm-generic/unistd.h,
+# arch/arm64/kernel/sys.c)
+SYSCALL_ALIASES = {"fstat": "newfstat", "uname": "newuname", "sendfile": "sendfile64",
+                   "umount2": "umount", "fadvise64": "fadvise64_64",
+                   "personality": "arm64_personality"}
+
+
 def _not_yet(*_args, **_kwargs):
     raise NotImplementedError("system-call injection on arm64 guests is not available")
 
@@ -73,6 +105,8 @@ ARCH = Arch(
     capstone=("CS_ARCH_ARM64", "CS_MODE_ARM"), address_space=AddressSpace,
     translation_cache=TranslationCache, image_voffset_symbol="kimage_voffset",
     qemu_names=("aarch64",), elf_machine="EM_AARCH64", writable=False,
+    syscall_tables=SYSCALL_TABLES, syscall_aliases=SYSCALL_ALIASES,
+    module_areas=_module_areas,
 )
 
 __all__ = ["ARCH", "AddressSpace"]

@@ -3,7 +3,7 @@ the persistent channel's helper."""
 
 from collections.abc import Callable
 
-from cloudvmi.arch.base import Arch
+from cloudvmi.arch.base import Arch, SyscallTable
 from cloudvmi.arch.x86_64 import abi, helper
 from cloudvmi.arch.x86_64.batch import CODE, DONE, resume_stub
 from cloudvmi.arch.x86_64.paging import PAGE, AddressSpace, Mapping, TranslationCache
@@ -43,6 +43,31 @@ def _direct_map(read_u64: Callable[[str], int | None], maps: Callable[[int, int]
     return (DIRECT_MAP[levels] if base is None else base), 0
 
 
+# MODULES_END (arch/x86/include/asm/pgtable_64_types.h); the area starts after the kernel
+# image (MODULES_VADDR is the end of the image's window, 512 MiB or 1 GiB).
+MODULES_END = 0xFFFF_FFFF_FF00_0000
+
+
+def _module_areas(read_u64: Callable[[str], int | None], image_end: int) -> list[tuple[int, int]]:
+    return [((image_end + 0xFFF) & ~0xFFF, MODULES_END)]
+
+
+X32_FIRST = 512  # x32-only system calls are 512-547
+SYSCALL_TABLES = (
+    SyscallTable("sys_call_table", "x64", ("__x64_sys_",), 1 << 16,
+                 "against the function the x86-64 ABI names for its number"),
+    SyscallTable("ia32_sys_call_table", "ia32", ("__ia32_sys_", "__ia32_compat_sys_"), 0,
+                 "for its kind only: an ia32 syscall entry in kernel text (no i386 table "
+                 "here)"),
+    SyscallTable("x32_sys_call_table", "x32",
+                 ("__x64_sys_", "__x32_compat_sys_", "__x64_compat_sys_"), X32_FIRST,
+                 "below 512 against the x86-64 ABI's names, x32-only ones (512-547) for "
+                 "their kind"),
+)
+# How the kernel names the entry of some numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+SYSCALL_ALIASES = {"stat": "newstat", "fstat": "newfstat", "lstat": "newlstat",
+                   "sendfile": "sendfile64", "uname": "newuname", "umount2": "umount"}
+
 ARCH = Arch(
     name="x86_64", pointer_size=8, endian="<", page_size=PAGE,
     kernel_window=(START_KERNEL_MAP, START_KERNEL_MAP + (1 << 30)),  # KERNEL_IMAGE_SIZE
@@ -65,6 +90,10 @@ ARCH = Arch(
     helper_code=helper.CODE, helper_parked=helper.PARKED, helper_register="r14",
     capstone=("CS_ARCH_X86", "CS_MODE_64"), address_space=AddressSpace,
     translation_cache=TranslationCache, qemu_names=("x86_64",), elf_machine="EM_X86_64",
+    syscall_tables=SYSCALL_TABLES, syscall_aliases=SYSCALL_ALIASES,
+    syscall_dispatchers=(("x64_sys_call", "x64"), ("ia32_sys_call", "ia32"),
+                         ("x32_sys_call", "x32")),
+    module_areas=_module_areas,
 )
 
 __all__ = ["ARCH", "AddressSpace", "Mapping", "TranslationCache", "PAGE"]

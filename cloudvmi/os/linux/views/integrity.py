@@ -3,12 +3,14 @@ own types (BTF) and the structures it keeps, never a copy from disk or a list of
 
 What each check covers, and what it does not:
 
-* System calls (x86-64). Entry N of `sys_call_table` must be the function the x86-64 ABI names
-  for N (`__x64_sys_NAME`, from the architecture's table of numbers, with the kernel's own
-  aliases such as stat -> newstat), or the kernel's `sys_ni_syscall` for numbers it does not
-  implement. Numbers the ABI table does not know yet must still be some `__x64_sys_*` entry.
-  The 32-bit tables (`ia32_sys_call_table`, `x32_sys_call_table`) have other numbers; their
-  entries are checked for their kind only: a syscall entry of their ABI, in kernel text.
+* System calls (the tables each architecture declares: `Arch.syscall_tables`). Entry N of
+  `sys_call_table` must be the function the ABI names for N (`__x64_sys_NAME` on x86-64,
+  `__arm64_sys_NAME` on arm64, from the architecture's table of numbers, with the kernel's
+  own aliases such as stat -> newstat), or the kernel's `sys_ni_syscall` for numbers it does
+  not implement. Numbers the ABI table does not know yet must still be some entry of its
+  kind. The 32-bit tables (`ia32_sys_call_table`, `x32_sys_call_table`, arm64's
+  `compat_sys_call_table`) have other numbers; their entries are checked for their kind
+  only: a syscall entry of their ABI, in kernel text.
   Kernels with the branch-history fix (6.9, and backports such as Debian's 6.1) no longer call
   through the table: `x64_sys_call` (and `ia32_sys_call`, `x32_sys_call`) is a `switch`. There
   the switch itself is decoded, number by number, from the code in guest memory (a compare
@@ -26,6 +28,10 @@ What each check covers, and what it does not:
   `irq_entries_start`/`spurious_entries_start` that pushes that very vector. Reserved
   exception vectors keep the kernel's early boot handlers (`early_idt_handler_array`, in
   freed init memory) and are accepted only at their own slot.
+* Exception vectors (arm64). Each 128-byte entry of `vectors` may leave itself only by a
+  direct branch to its own handler (named for its exception level and kind: `el0t_64_sync`,
+  `el1h_64_irq`; `el0_sync` on 5.x) or to `__bad_stack`; a branch through a register is a
+  finding. VBAR_EL1 itself, and the trampoline and branch-hardening copies, are not read.
 * ftrace and kprobes. Every `ftrace_ops` on `ftrace_ops_list` (its handler, the handler it
   saved, a direct-call target, and the functions its filter hash hooks) and every kprobe in
   `kprobe_table` (pre/post handlers; the probes under an aggregate probe; a kretprobe's own
@@ -34,9 +40,10 @@ What each check covers, and what it does not:
 * Modules. Three sources are compared: the `modules` list (what /proc/modules shows), the
   module kobjects of `module_kset` (what /sys/module shows; built-in modules have no struct
   module and are skipped), and a carve of module memory: every 64-byte aligned slot (struct
-  module is cache-line aligned) of the pages the kernel's page tables map between the end of
-  the kernel image and the end of the x86-64 module area, whose `mkobj.mod` points back at
-  itself. A struct module copied elsewhere (vmalloc space, the direct map) is not seen. A
+  module is cache-line aligned) of the pages the kernel's page tables map in module memory
+  (`Arch.module_areas`: from the end of the kernel image to MODULES_END on x86-64; the areas
+  the kernel chose at boot on arm64), whose `mkobj.mod` points back at itself. A struct
+  module copied elsewhere (vmalloc space, the direct map) is not seen. A
   module missing from a source read to its end is a finding; a source cut short (a looping
   list, a wild pointer) proves no absence, and marks the result partial instead.
 
@@ -53,6 +60,7 @@ from dataclasses import dataclass, field
 from itertools import compress
 from operator import eq
 
+from cloudvmi.arch.base import SyscallTable
 from cloudvmi.capability import Column, view
 from cloudvmi.errors import CloudVMIError, GuestMemoryError
 from cloudvmi.os.linux.kernel import LinuxKernel
@@ -84,25 +92,6 @@ MAX_MODULE_RANGE = 1 << 30     # bytes of one module memory region
 MAX_SHOWN = 8                  # hooked functions or numbers named in one detail string
 MAX_PROBLEMS = 8               # reasons named in `partial`
 MODULE_ALIGN = 64              # struct module is ____cacheline_aligned
-# x86-64 MODULES_END (arch/x86/include/asm/pgtable_64_types.h); the area starts after the
-# kernel image (MODULES_VADDR is the end of the image's window, 512 MiB or 1 GiB).
-X86_64_MODULES_END = 0xFFFF_FFFF_FF00_0000
-X32_FIRST = 512                # x32-only system calls are 512-547
-
-# How the kernel names the entry of some numbers (arch/x86/entry/syscalls/syscall_64.tbl).
-SYSCALL_ALIASES = {"stat": "newstat", "fstat": "newfstat", "lstat": "newlstat",
-                   "sendfile": "sendfile64", "uname": "newuname", "umount2": "umount"}
-# Entry symbols by ABI for numbers whose name is not known here (and all 32-bit entries).
-ABI_PREFIXES = {"x64": ("__x64_sys_",), "ia32": ("__ia32_sys_", "__ia32_compat_sys_"),
-                "x32": ("__x64_sys_", "__x32_compat_sys_", "__x64_compat_sys_")}
-TABLES = (("sys_call_table", "x64"), ("ia32_sys_call_table", "ia32"),
-          ("x32_sys_call_table", "x32"))
-DISPATCHERS = (("x64_sys_call", "x64"), ("ia32_sys_call", "ia32"), ("x32_sys_call", "x32"))
-HOW_CHECKED = {
-    "x64": "against the function the x86-64 ABI names for its number",
-    "x32": "below 512 against the x86-64 ABI's names, x32-only ones (512-547) for their kind",
-    "ia32": "for its kind only: an ia32 syscall entry in kernel text (no i386 table here)"}
-
 # Architectural exception vectors, as the kernel names their entries (asm_exc_NAME).
 EXCEPTIONS = {0: "divide_error", 1: "debug", 2: "nmi", 3: "int3", 4: "overflow", 5: "bounds",
               6: "invalid_op", 7: "device_not_available", 8: "double_fault",
@@ -426,11 +415,17 @@ def _kset_modules(run: _Run, layout: _ModuleLayout) -> list[int]:
     return out
 
 
-def _module_window(kernel: LinuxKernel) -> tuple[int, int] | None:
-    if kernel.arch.name != "x86_64":
-        return None
-    start = (kernel.image_end + 0xFFF) & ~0xFFF
-    return start, X86_64_MODULES_END
+def _module_areas(kernel: LinuxKernel) -> list[tuple[int, int]]:
+    """The architecture's module memory, page-aligned, overlaps joined (each page carved
+    once)."""
+    areas = []
+    for start, end in sorted(kernel.arch.module_areas(kernel._image_u64, kernel.image_end)):
+        start, end = start & ~0xFFF, min(end, 1 << 64)
+        if areas and start <= areas[-1][1]:
+            areas[-1] = (areas[-1][0], max(areas[-1][1], end))
+        elif start < end:
+            areas.append((start, end))
+    return areas
 
 
 class _CarveCut(GuestMemoryError):
@@ -441,23 +436,26 @@ def _carve_modules(run: _Run, layout: _ModuleLayout) -> list[int]:
     """struct module headers in module memory: cache-line aligned slots whose mkobj.mod
     points back at the slot, then a plausible name and state."""
     kernel = run.kernel
-    window = _module_window(kernel)
-    if window is None:
-        run.problem("module memory not carved: the module area is known for x86-64 only")
+    areas = _module_areas(kernel)
+    if not areas:
+        run.problem(f"module memory not carved: where {kernel.arch.name} modules lie is not "
+                    "known for this kernel")
         return []
     off = layout.mkobj_mod
     found = []
     try:
-        for m in kernel.space.mappings(*window, limit=2 * MAX_SCAN_PAGES):
-            lo, hi = max(m.vbase, window[0]), min(m.vbase + m.size, window[1])
-            for start in range(lo, hi, MAX_SCAN_CHUNK):
-                size = min(MAX_SCAN_CHUNK, hi - start)
-                run.scanned_pages += size >> 12
-                if run.scanned_pages > MAX_SCAN_PAGES:
-                    run.problem(f"module memory: more than {MAX_SCAN_PAGES} pages, carve cut")
-                    return found
-                found += _carve_chunk(run, layout, m.pbase + (start - m.vbase), start, size,
-                                      off)
+        for window in areas:
+            for m in kernel.space.mappings(*window, limit=2 * MAX_SCAN_PAGES):
+                lo, hi = max(m.vbase, window[0]), min(m.vbase + m.size, window[1])
+                for start in range(lo, hi, MAX_SCAN_CHUNK):
+                    size = min(MAX_SCAN_CHUNK, hi - start)
+                    run.scanned_pages += size >> 12
+                    if run.scanned_pages > MAX_SCAN_PAGES:
+                        run.problem(f"module memory: more than {MAX_SCAN_PAGES} pages, "
+                                    "carve cut")
+                        return found
+                    found += _carve_chunk(run, layout, m.pbase + (start - m.vbase), start,
+                                          size, off)
     except GuestMemoryError as exc:
         run.problem(f"module memory: {exc}")
         return found
@@ -519,8 +517,8 @@ def _check_modules(run: _Run) -> None:
             f"module kobjects with a struct module (what /sys/module shows), of "
             f"{run.kset_kobjects} kobjects (built-in modules have none)")
     run.ran("modules", "module memory", sum("scan" in m.sources for m in mods), judged,
-            f"struct module headers carved from {run.scanned_pages} mapped pages between "
-            "the kernel image and the end of the module area")
+            f"struct module headers carved from {run.scanned_pages} mapped pages of module "
+            "memory")
     run.ran("modules", "all three compared", len(mods), before,
             "a module missing from any source read to its end is a finding")
 
@@ -570,20 +568,22 @@ def _is_ni(names: list[str]) -> bool:
     return any(n.endswith("sys_ni_syscall") for n in names)
 
 
-def _expected(abi: str, nr: int, names: dict[int, str]) -> tuple[tuple[str, ...], str, bool]:
+def _expected(table: SyscallTable, nr: int, names: dict[int, str],
+              aliases: dict[str, str]) -> tuple[tuple[str, ...], str, bool]:
     """(accepted names or prefixes, how to show it, whether exact names are required)."""
-    name = names.get(nr) if abi == "x64" or (abi == "x32" and nr < X32_FIRST) else None
+    name = names.get(nr) if nr < table.named_below else None
     if name:
-        entry = SYSCALL_ALIASES.get(name, name)
-        return (f"__x64_sys_{entry}", f"__x64_sys_{name}"), f"__x64_sys_{entry}", True
-    prefixes = ABI_PREFIXES[abi]
-    return prefixes, f"a {abi} syscall entry ({'/'.join(p + '*' for p in prefixes)})", False
+        exact, own = table.prefixes[0] + aliases.get(name, name), table.prefixes[0] + name
+        return (exact, own), exact, True
+    prefixes = table.prefixes
+    return prefixes, (f"a {table.abi} syscall entry "
+                      f"({'/'.join(p + '*' for p in prefixes)})"), False
 
 
-def _syscall_ok(run: _Run, target: int, abi: str, nr: int,
+def _syscall_ok(run: _Run, target: int, table: SyscallTable, nr: int,
                 names: dict[int, str]) -> tuple[bool, str]:
-    """Whether TARGET is right for number NR of ABI, and what was expected."""
-    accepted, shown, exact = _expected(abi, nr, names)
+    """Whether TARGET is right for number NR of TABLE, and what was expected."""
+    accepted, shown, exact = _expected(table, nr, names, run.kernel.arch.syscall_aliases)
     if not run.places.in_text(target):
         return False, shown
     at = run.symbols.aliases(target)
@@ -614,43 +614,48 @@ def _table_entries(run: _Run, symbol: str) -> tuple[int, list[int]] | None:
 
 
 def _check_syscalls(run: _Run) -> None:
-    if run.kernel.arch.name != "x86_64":
-        run.problem("system calls not checked: x86-64 only")
+    arch = run.kernel.arch
+    if not arch.syscall_tables:
+        run.problem(f"system calls not checked: no system-call tables known for {arch.name}")
         return
     names = _names_by_number(run.kernel)
-    dispatchers = {abi: sym for sym, abi in DISPATCHERS if run.symbols.get(sym)}
+    dispatchers = {abi: sym for sym, abi in arch.syscall_dispatchers if run.symbols.get(sym)}
     seen_any = False
-    for symbol, abi in TABLES:
-        found = _table_entries(run, symbol)
+    for table in arch.syscall_tables:
+        found = _table_entries(run, table.symbol)
         if found is None:
             continue
         seen_any = True
-        _check_table(run, symbol, abi, found[0], found[1], names, dispatchers.get(abi))
-    for symbol, abi in DISPATCHERS:
+        _check_table(run, table, found[0], found[1], names, dispatchers.get(table.abi))
+    for symbol, abi in arch.syscall_dispatchers:
         if run.symbols.get(symbol) is not None:
             seen_any = True
-            _check_dispatcher(run, symbol, abi, names)
+            _check_dispatcher(run, symbol, _table_of(arch, abi), names)
     if not seen_any:
         run.problem("no system-call table or dispatcher symbol: system calls not checked")
 
 
-def _check_table(run: _Run, symbol: str, abi: str, address: int, entries: list[int],
+def _table_of(arch, abi: str) -> SyscallTable:
+    return next(t for t in arch.syscall_tables if t.abi == abi)
+
+
+def _check_table(run: _Run, table: SyscallTable, address: int, entries: list[int],
                  names: dict[int, str], dispatcher: str | None) -> None:
     before = len(run.report.findings)
     note = (f"; this kernel dispatches through {dispatcher}, so this table is the copy "
             "tracing reads, not what system calls run" if dispatcher else "")
     for nr, target in enumerate(entries):
-        ok, expected = _syscall_ok(run, target, abi, nr, names)
+        ok, expected = _syscall_ok(run, target, table, nr, names)
         if ok:
             continue
-        name = names.get(nr, "?") if abi == "x64" or nr < X32_FIRST and abi == "x32" else "?"
-        run.find("syscall_table", f"{symbol}[{nr}] {name}", target, expected,
+        name = names.get(nr, "?") if nr < table.named_below else "?"
+        run.find("syscall_table", f"{table.symbol}[{nr}] {name}", target, expected,
                  run.places.describe(target), HIGH,
                  f"entry at {address + 8 * nr:#x}{note}")
-    run.ran("syscall_table", symbol, len(entries), before,
-            f"each entry {HOW_CHECKED[abi]}" + (f"; not used for dispatch ({dispatcher} is)"
-                                                if dispatcher else
-                                                "; the table system calls are dispatched through"))
+    run.ran("syscall_table", table.symbol, len(entries), before,
+            f"each entry {table.how}" + (f"; not used for dispatch ({dispatcher} is)"
+                                         if dispatcher else
+                                         "; the table system calls are dispatched through"))
 
 
 # -- the switch dispatchers (x64_sys_call and friends) ---------------------------------------
@@ -663,7 +668,8 @@ def _entrycode():
     return entrycode
 
 
-def _check_dispatcher(run: _Run, symbol: str, abi: str, names: dict[int, str]) -> None:
+def _check_dispatcher(run: _Run, symbol: str, table: SyscallTable,
+                      names: dict[int, str]) -> None:
     before = len(run.report.findings)
     start = run.symbols.lookup(symbol)
     end = run.symbols.next_address(start) or start
@@ -676,12 +682,13 @@ def _check_dispatcher(run: _Run, symbol: str, abi: str, names: dict[int, str]) -
     except GuestMemoryError as exc:
         run.problem(f"{symbol}: {exc}")
         return
-    table = _table_entries(run, next(t for t, a in TABLES if a == abi))
-    known = max(names, default=-1) if abi == "x64" else -1
-    count = min(MAX_SYSCALLS, max(code.max_case + 2, len(table[1]) if table else 0, known + 1))
-    wrong, side_calls, checked = _follow_all(run, symbol, code, abi, count, names)
+    entries = _table_entries(run, table.symbol)
+    known = max((nr for nr in names if nr < table.named_below), default=-1)
+    count = min(MAX_SYSCALLS, max(code.max_case + 2, len(entries[1]) if entries else 0,
+                                  known + 1))
+    wrong, side_calls, checked = _follow_all(run, symbol, code, table, count, names)
     for target, numbers in wrong.items():
-        _dispatch_finding(run, symbol, abi, target, numbers, names)
+        _dispatch_finding(run, symbol, table, target, numbers, names)
     for target in sorted(side_calls):
         where, _ = run.places.owner(target)
         # A traced dispatcher calls ftrace first: its trampoline's ops is the ftrace check's.
@@ -692,10 +699,10 @@ def _check_dispatcher(run: _Run, symbol: str, abi: str, names: dict[int, str]) -
                      "every system call of this ABI first calls this function")
     run.ran("syscall_dispatch", symbol, checked, before,
             f"the switch decoded from the code in memory, each number's destination "
-            f"{HOW_CHECKED[abi]}")
+            f"{table.how}")
 
 
-def _follow_all(run: _Run, symbol: str, code, abi: str, count: int,
+def _follow_all(run: _Run, symbol: str, code, table: SyscallTable, count: int,
                 names: dict[int, str]) -> tuple[dict[int, list[int]], set[int], int]:
     """Follow numbers 0..COUNT-1 through the switch: (numbers by each wrong destination,
     calls made before dispatching, numbers followed). Code the decoder does not understand
@@ -711,26 +718,27 @@ def _follow_all(run: _Run, symbol: str, code, abi: str, count: int,
             target, calls = code.follow(nr, is_entry, MAX_DISPATCH_STEPS)
             side_calls.update(calls)
             checked += 1
-            if not _syscall_ok(run, target, abi, nr, names)[0]:
+            if not _syscall_ok(run, target, table, nr, names)[0]:
                 wrong.setdefault(target, []).append(nr)
     except _entrycode().Undecodable as exc:
         run.problem(f"{symbol}: dispatch not decoded after {checked} numbers ({exc})")
     return wrong, side_calls, checked
 
 
-def _dispatch_finding(run: _Run, symbol: str, abi: str, target: int, numbers: list[int],
-                      names: dict[int, str]) -> None:
+def _dispatch_finding(run: _Run, symbol: str, table: SyscallTable, target: int,
+                      numbers: list[int], names: dict[int, str]) -> None:
     def label(nr: int) -> str:
-        name = names.get(nr) if abi != "ia32" and nr < X32_FIRST else None
+        name = names.get(nr) if nr < table.named_below else None
         return f"{nr} {name}" if name else str(nr)
 
     shown = ", ".join(label(nr) for nr in numbers[:MAX_SHOWN])
     more = f" and {len(numbers) - MAX_SHOWN} more" if len(numbers) > MAX_SHOWN else ""
-    expected = (_expected(abi, numbers[0], names)[1] if len(numbers) == 1
+    expected = (_expected(table, numbers[0], names, run.kernel.arch.syscall_aliases)[1]
+                if len(numbers) == 1
                 else "each number's own syscall entry")
     run.find("syscall_dispatch", f"{symbol} case {shown}{more}", target, expected,
              run.places.describe(target), HIGH,
-             f"{len(numbers)} number(s) of the {abi} ABI dispatched here by the code of "
+             f"{len(numbers)} number(s) of the {table.abi} ABI dispatched here by the code of "
              f"{symbol}")
 
 
@@ -773,6 +781,79 @@ def _check_idt(run: _Run) -> None:
     run.ran("idt", "idt_table", checked, before,
             f"each present gate's handler (offset_low/middle/high) is the entry for its "
             f"vector in the kernel's entry text; {absent} gates not present")
+
+
+# -- arm64's exception vectors ----------------------------------------------------------------
+
+VECTOR_SLOT = 128  # bytes of one entry of an AArch64 vector table (.align 7)
+# The 16 entries: (exception level it comes from, whether from AArch32) by group of four, and
+# the four kinds in each group, in the architecture's order.
+VECTOR_GROUPS = (("el1", False), ("el1", False), ("el0", False), ("el0", True))
+VECTOR_KINDS = ("sync", "irq", "fiq", "error")
+
+
+def _check_vectors(run: _Run) -> None:
+    """The kernel's AArch64 vector table (`vectors`, what VBAR_EL1 holds): each 128-byte
+    entry may branch out of itself only to its own handler (a symbol naming its exception
+    level and kind: el1h_64_sync on 6.x, el1_sync on 5.x) or to __bad_stack, and never
+    through a register."""
+    from cloudvmi.arch.aarch64.branches import branches
+
+    kernel = run.kernel
+    before = len(run.report.findings)
+    base = run.symbols.get("vectors")
+    if base is None:
+        run.problem("exception vectors not checked: no `vectors` symbol")
+        return
+    try:
+        code = kernel.read(base, VECTOR_SLOT * 16)
+    except GuestMemoryError as exc:
+        run.problem(f"vectors: {exc}")
+        return
+    for slot in range(16):
+        start = base + slot * VECTOR_SLOT
+        level, compat = VECTOR_GROUPS[slot // 4]
+        kind = VECTOR_KINDS[slot % 4]
+        label = f"{level} {kind}" + (" (AArch32)" if compat else "")
+        own = False
+        for b in branches(code[slot * VECTOR_SLOT:(slot + 1) * VECTOR_SLOT], start):
+            if b.target is not None and start <= b.target < start + VECTOR_SLOT:
+                continue  # within the entry
+            verdict = _vector_target(run, b.target, level, kind, compat)
+            own = own or verdict == "own"
+            if verdict in ("own", "ok"):
+                continue
+            run.find("vectors", f"vectors[{slot}] ({label})",
+                     b.target if b.target is not None else b.at,
+                     f"a branch to this entry's {label} handler",
+                     run.places.describe(b.target) if b.target is not None
+                     else f"{b.kind} to a register", HIGH,
+                     f"{b.kind} at {b.at:#x}: {verdict}")
+        if not own:
+            run.find("vectors", f"vectors[{slot}] ({label})", start,
+                     f"a branch to this entry's {label} handler", "none found", HIGH,
+                     f"the entry at {start:#x} never reaches its handler")
+    run.ran("vectors", "vectors", 16, before,
+            "each entry of the AArch64 vector table leaves itself only for its own "
+            "handler (by its exception level and kind) or __bad_stack; the table VBAR_EL1 "
+            "holds is not read (a CPU pointed elsewhere is not seen)")
+
+
+def _vector_target(run: _Run, target: int | None, level: str, kind: str, compat: bool) -> str:
+    """"own" (this entry's handler), "ok" (__bad_stack) or why not."""
+    if target is None:
+        return "a branch through a register"
+    if not run.places.in_text(target):
+        return "not into kernel text"
+    names = run.symbols.aliases(target)
+    if "__bad_stack" in names:
+        return "ok"
+    for name in names:
+        parts = name.split("_")
+        if (parts[0].startswith(level) and kind in parts
+                and compat == ("32" in parts or "compat" in parts)):
+            return "own"
+    return f"not this entry's handler ({', '.join(names[:MAX_SHOWN]) or 'no symbol'})"
 
 
 def _entry_text(run: _Run) -> tuple[int, int]:
@@ -1080,7 +1161,8 @@ def check_integrity(kernel: LinuxKernel) -> IntegrityReport:
     run = _Run(kernel)
     _collect_modules(run)  # first: the other checks name module addresses
     # ftrace before the system calls: a traced dispatcher calls an ftrace trampoline first.
-    for check in (_check_ftrace, _check_kprobes, _check_syscalls, _check_idt, _check_modules):
+    exceptions = _check_vectors if kernel.arch.name == "arm64" else _check_idt
+    for check in (_check_ftrace, _check_kprobes, _check_syscalls, exceptions, _check_modules):
         check(run)
     return run.finish()
 
