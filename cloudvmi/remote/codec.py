@@ -12,6 +12,7 @@ import functools
 import json
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from cloudvmi.stream import ByteStream
@@ -25,11 +26,15 @@ def encode(value: Any) -> tuple[str, list[bytes | ByteStream]]:
     blobs: list[bytes | ByteStream] = []
 
     def plain(v: Any) -> Any:
-        if isinstance(v, _SCALARS):
+        t = type(v)
+        if t in _SCALAR_TYPES:
             return v
-        names = _field_names(type(v))
-        if names is not None:
-            return {name: plain(getattr(v, name)) for name in names}
+        names = _field_names(t)
+        if names is not None:  # scalars inline: most fields are, and a call each is the cost
+            return {name: x if type(x) in _SCALAR_TYPES else plain(x)
+                    for name in names for x in (getattr(v, name),)}
+        if isinstance(v, _SCALARS):  # subclasses: an IntEnum, a str subclass
+            return v
         if isinstance(v, bytes | bytearray | memoryview):
             blobs.append(bytes(v))
             return {BLOB: len(blobs[-1])}
@@ -37,7 +42,7 @@ def encode(value: Any) -> tuple[str, list[bytes | ByteStream]]:
             blobs.append(v)
             return {BLOB: v.size}
         if isinstance(v, list | tuple):
-            return [plain(x) for x in v]
+            return [x if type(x) in _SCALAR_TYPES else plain(x) for x in v]
         if isinstance(v, dict):
             return {str(k): plain(x) for k, x in v.items()}
         return v
@@ -46,6 +51,7 @@ def encode(value: Any) -> tuple[str, list[bytes | ByteStream]]:
 
 
 _SCALARS = (str, int, float, bool, type(None))
+_SCALAR_TYPES = frozenset(_SCALARS)
 
 
 @functools.lru_cache(maxsize=512)
@@ -115,40 +121,99 @@ def decode(text: str, blobs: bytes, hint: Any = Any, tail: ByteStream | None = N
 
 def build(hint: Any, value: Any) -> Any:
     """VALUE (plain JSON data) as an instance of HINT, recursively."""
-    if hint is Any or value is None or hint in _PLAIN:
-        return value
+    try:
+        builder = _builder(hint)
+    except TypeError:  # a hint that cannot be a cache key
+        builder = _make_builder(hint)
+    return builder(value)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _make_builder(hint: Any) -> Callable[[Any], Any]:
+    """build() for one type, its shape worked out once: a result of a thousand records asks
+    typing about each field's type once, not once a value. Every builder gives None for
+    None, and a value of another shape than HINT's as it is."""
+    if hint is Any or hint in _PLAIN:
+        return _same
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if type(value) in args:  # str | None given a str
+        options = tuple(a for a in args if a is not type(None))
+
+        def union(value: Any) -> Any:
+            if value is None or type(value) in args:  # str | None given a str
+                return value
+            for option in options:
+                try:
+                    return build(option, value)
+                except (TypeError, ValueError):
+                    continue
             return value
-        for option in args:
-            if option is type(None):
-                continue
-            try:
-                return build(option, value)
-            except (TypeError, ValueError):
-                continue
-        return value
-    if origin in (list, tuple) and isinstance(value, list):
-        if origin is tuple and args and args[-1] is not Ellipsis:
+        return union
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        def fixed(value: Any) -> Any:
+            if not isinstance(value, list):
+                return value
             return tuple(build(a, v) for a, v in zip(args, value, strict=False))
+        return fixed
+    if origin in (list, tuple):
         item = args[0] if args else Any
-        out = [build(item, v) for v in value]
-        return tuple(out) if origin is tuple else out
-    if origin is dict and isinstance(value, dict):
+
+        def sequence(value: Any) -> Any:
+            if not isinstance(value, list):
+                return value
+            if item is Any or item in _PLAIN:
+                out = value
+            else:
+                each = _builder_of(item)
+                out = [None if v is None else each(v) for v in value]
+            return tuple(out) if origin is tuple else out
+        return sequence
+    if origin is dict:
         vt = args[1] if len(args) == 2 else Any
-        return {k: build(vt, v) for k, v in value.items()}
+
+        def mapping(value: Any) -> Any:
+            if not isinstance(value, dict):
+                return value
+            each = _builder_of(vt)
+            return {k: None if v is None else each(v) for k, v in value.items()}
+        return mapping
     cls = origin or hint
-    if dataclasses.is_dataclass(cls) and isinstance(value, dict):
-        fields = {}
-        for name, field_hint in _field_hints(hint):
-            if name in value:
-                fields[name] = build(field_hint, value[name])
-        return cls(**fields)
-    if cls is float and isinstance(value, int):
-        return float(value)
-    return value
+    if dataclasses.is_dataclass(cls):
+        def record(value: Any) -> Any:
+            if not isinstance(value, dict):
+                return value
+            fields = {}
+            for name, each in _record_fields(hint):
+                if name in value:
+                    v = value[name]
+                    fields[name] = v if each is None or v is None else each(v)
+            return cls(**fields)
+        return record
+    if cls is float:
+        return lambda value: float(value) if isinstance(value, int) else value
+    return _same
+
+
+_builder = functools.lru_cache(maxsize=1024)(_make_builder)
+
+
+def _builder_of(hint: Any) -> Callable[[Any], Any]:
+    try:
+        return _builder(hint)
+    except TypeError:
+        return _make_builder(hint)
+
+
+@functools.lru_cache(maxsize=512)
+def _record_fields(hint: Any) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
+    """A dataclass's fields with the builder each needs (None: the JSON value as it is).
+    Looked up when first used, so a type that contains itself is no endless recursion."""
+    return tuple((name, None if h is Any or h in _PLAIN else _builder_of(h))
+                 for name, h in _field_hints(hint))
 
 
 _PLAIN = (str, int, bool)  # JSON gives these as they are
