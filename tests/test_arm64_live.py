@@ -1,6 +1,7 @@
 """arm64 guests read from outside as x86-64 ones are, against the guest's own /proc: the
 process list, threads, modules, the kernel's identity and layout, a dump of it, and the
-architecture found from QEMU and from the dump (never assumed). One guest per kernel:
+architecture found from QEMU and from the dump (never assumed), the integrity checks, an agent
+serving it. One guest per kernel:
 6.1 (48-bit, kallsyms without data symbols) and 6.12 (52-bit with FEAT_LPA2), the same
 paused guest the view tests read (conftest's `viewed`), its own view asked before the pause."""
 
@@ -94,6 +95,53 @@ def test_dump_gives_the_same_results_as_live(live, tmp_path):
         assert a == b
 
 
+def _dump(vm, path):
+    """A dump of the paused guest at PATH (a kept one copied, with $CLOUDVMI_VIEW_CORPUS)."""
+    if vm.qmp is not None:
+        vm.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{path}")
+    else:
+        shutil.copyfile(vm.phys.path, path)
+    return path
+
+
+def test_served_by_an_agent_as_read_locally(live, tmp_path):
+    """An arm64 VM behind an agent answers as the local one: here its dump, served on
+    loopback (the live guest's one QMP connection is this session's)."""
+    from cloudvmi.remote.client import Node
+
+    from agent_process import Agent
+
+    vm, _ = live
+    dump = _dump(vm, tmp_path / "arm.elf")
+    agent = Agent(tmp_path, env={"CLOUDVMI_SYMBOLS": vm.symbols} if vm.symbols else None,
+                  config=f"""
+[agent]
+node = "arm"
+listen = "127.0.0.1:0"
+insecure = true
+lab = false
+audit_log = "{tmp_path / 'audit.jsonl'}"
+dumps = ["{dump}"]
+
+[[allow]]
+identity = "insecure-loopback"
+vms = ["arm"]
+permissions = ["read"]
+""")
+    node = Node(agent.address)
+    try:
+        remote = node.vm("arm")
+        assert [v.name for v in node.vms()] == ["arm"]
+        assert remote.linux.info().architecture == "arm64"
+        for view in ("processes", "threads", "modules", "sockets", "integrity"):
+            assert getattr(remote.linux, view)() == getattr(vm.linux, view)(), view
+        assert remote.read_physical(vm.linux.kernel.text_phys, 4096) == \
+            vm.linux.kernel.phys.read(vm.linux.kernel.text_phys, 4096)
+    finally:
+        node.close()
+        agent.stop()
+
+
 def _patch(vm, path, vaddr: int, data: bytes) -> None:
     """Write DATA at kernel address VADDR into the dump file PATH of VM's memory."""
     paddr = vm.linux.kernel.space.translate(vaddr)
@@ -117,11 +165,7 @@ def test_integrity_clean_then_tampering_found(live, tmp_path):
 
     from cloudvmi.arch.aarch64.branches import branches
 
-    dump = tmp_path / "guest.elf"
-    if vm.qmp is not None:
-        vm.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{dump}")
-    else:  # a kept dump ($CLOUDVMI_VIEW_CORPUS)
-        shutil.copyfile(vm.phys.path, dump)
+    dump = _dump(vm, tmp_path / "guest.elf")
     kernel = vm.linux.kernel
     symbols = kernel.symbols
     nr = kernel.arch.syscall.numbers["kill"]
