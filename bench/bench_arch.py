@@ -17,6 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cloudvmi.lab import guest as lab  # noqa: E402
 from cloudvmi.vm import attach  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import Report  # noqa: E402
+
 GUESTS = [("x86_64", "6.1"), ("x86_64", "6.12"), ("arm64", "6.1"), ("arm64", "6.12")]
 ROUNDS = 20
 
@@ -56,6 +59,15 @@ def main(argv: list[str]) -> None:
         finally:
             lab.down(g.name)
     print(json.dumps(rows, indent=1))
+    if not argv:  # guests booted here: kept in bench/RESULTS.md beside the x86-64 figures
+        report = Report("arch")
+        for r in rows:
+            what = f"{r['target']} ({r['paging_levels']}-level, {r['processes']} processes)"
+            report.add(f"{what}: boot to workload", r["boot_s"], "s")
+            report.add(f"{what}: cold attach", r["attach_cold_s"], "s")
+            report.add(f"{what}: warm attach", r["attach_warm_s"], "s")
+            report.add(f"{what}: process list", r["processes_ms"], "ms")
+        report.save()
 
 
 if __name__ == "__main__":
