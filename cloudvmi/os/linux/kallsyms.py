@@ -204,11 +204,13 @@ def find_kallsyms(memory: PhysicalMemory, hint: int | None = None) -> Kallsyms:
 
 
 def kallsyms_at(memory: PhysicalMemory, token_table: int,
-                offsets: tuple[int, int] | None = None) -> Kallsyms:
+                offsets: tuple[int, int] | None = None, num_syms: int | None = None
+                ) -> Kallsyms:
     """Decode the tables whose kallsyms_token_table starts at TOKEN_TABLE (a physical address
     the kernel gave, e.g. in VMCOREINFO): the same proofs as a scan, at one place. OFFSETS,
     (physical, virtual) address of kallsyms_offsets, places a place-relative (7.x) table at
-    once; it must then be there."""
+    once; it must then be there. NUM_SYMS, the count the kernel gave, is the one length a
+    seqs_of_names before the token table is looked for at (instead of searched)."""
     region = _region_of(memory.regions(), token_table)
     if region is None:
         raise ProfileError(f"kallsyms_token_table {token_table:#x} is outside RAM")
@@ -219,7 +221,7 @@ def kallsyms_at(memory: PhysicalMemory, token_table: int,
         at = head.find(ANCHOR)
         if at < 0:
             raise _Reject("no token table there")
-        found = _decode_at(span, token_table + at, offsets)
+        found = _decode_at(span, token_table + at, offsets, num_syms)
     except _Reject as exc:
         raise ProfileError(f"kallsyms at {token_table:#x}: {exc}") from None
     if found.table_paddr != token_table:
@@ -339,10 +341,11 @@ class _Tokens:
     tokens: list[str]
 
 
-def _decode_at(span: _Span, anchor: int, offsets: tuple[int, int] | None = None) -> Kallsyms:
+def _decode_at(span: _Span, anchor: int, offsets: tuple[int, int] | None = None,
+               num_syms: int | None = None) -> Kallsyms:
     tok = _parse_tokens(span, anchor)
     best = _Reject("token table found, but no kallsyms_markers before it", 1)
-    for mstart, markers, known_n, seqs_at in _markers_candidates(span, tok):
+    for mstart, markers, known_n, seqs_at in _markers_candidates(span, tok, num_syms):
         if best.stage < 2:
             best = _Reject(f"no kallsyms_num_syms and kallsyms_names fit the {len(markers)} "
                            f"kallsyms_markers at {mstart:#x}", 2)
@@ -427,12 +430,13 @@ def _markers_ok(markers: tuple[int, ...] | list[int]) -> bool:
         512 <= b - a <= MAX_BLOCK for a, b in zip(markers, markers[1:], strict=False))
 
 
-def _markers_candidates(span: _Span, tok: _Tokens
+def _markers_candidates(span: _Span, tok: _Tokens, num_syms: int | None = None
                         ) -> Iterator[tuple[int, list[int], int | None, tuple[int, int] | None]]:
     """(markers start, markers, num_syms if known, (seqs_of_names start, width) if met) for
     every placement before the token table.
 
-    Markers either end right before the token table or before a seqs_of_names between them.
+    Markers either end right before the token table or before a seqs_of_names between them,
+    whose length is NUM_SYMS when the kernel said so, else searched for.
     """
     for pad in range(MAX_PAD):
         end = tok.start - pad
@@ -446,7 +450,9 @@ def _markers_candidates(span: _Span, tok: _Tokens
             end = tok.start - pad
             if pad and not span.zeros(end, pad):
                 break
-            for n in _permutation_lengths(span, end, width):
+            lengths = (_permutation_lengths(span, end, width) if num_syms is None
+                       else _permutation_of(span, end, width, num_syms))
+            for n in lengths:
                 seqs_start = end - width * n
                 k = (n + 255) // 256
                 for pad2 in range(MAX_PAD):
@@ -476,6 +482,18 @@ def _markers_ending_at(span: _Span, end: int) -> list[int] | None:
             return None
         i -= 1
     return list(words[i:]) if words[i] == 0 else None
+
+
+def _permutation_of(span: _Span, end: int, width: int, n: int) -> Iterator[int]:
+    """N, if the N entries before END are a permutation of range(N)."""
+    if not 0 < n <= MAX_SYMS:
+        return
+    try:
+        values = unpack_seqs(span.read(end - width * n, width * n), width)
+    except _Reject:
+        return
+    if is_permutation(values):
+        yield n
 
 
 def _permutation_lengths(span: _Span, end: int, width: int) -> Iterator[int]:
@@ -604,7 +622,10 @@ def _find_addresses(span: _Span, n: int, num_syms_at: int, tok: _Tokens,
     address, end), END being where the tables after it may start."""
     last = "no kallsyms_offsets placement decodes to sorted addresses"
     unbased: dict[int, tuple[int, ...]] = {}
-    for start, base_at in _offsets_places(span, n, num_syms_at, tok.index + 512):
+    places = _offsets_places(span, n, num_syms_at, tok.index + 512)
+    if known is not None:  # where the kernel said the table is: tried first (sort is stable)
+        places.sort(key=lambda p: p[0] != known[0])
+    for start, base_at in places:
         try:
             offsets = unbased.get(start) or struct.unpack(f"<{n}i", span.read(start, 4 * n))
         except _Reject as exc:

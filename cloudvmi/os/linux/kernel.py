@@ -355,7 +355,8 @@ def _symbols_from_note(phys: PhysicalMemory, arch: Arch, info: VmcoreInfo,
     if table is not None:
         offsets = info.symbol("kallsyms_offsets")
         syms = kallsyms_at(phys, (table - delta) % (1 << 64), None if offsets is None else (
-            (offsets - delta) % (1 << 64), offsets))
+            (offsets - delta) % (1 << 64), offsets), _note_u32(phys, info, delta,
+                                                             "kallsyms_num_syms"))
     else:  # before 6.0: scan the kernel image the note places
         if stext is None:
             raise ProfileError("the note gives no _stext")
@@ -374,6 +375,17 @@ def _symbols_from_note(phys: PhysicalMemory, arch: Arch, info: VmcoreInfo,
     except KeyError as exc:
         raise ProfileError(f"kallsyms lacks a symbol every kernel has: {exc}") from exc
     return syms, (text_virt - delta) % (1 << 64)
+
+
+def _note_u32(phys: PhysicalMemory, info: VmcoreInfo, delta: int, name: str) -> int | None:
+    """The 32-bit value at the kernel-image symbol NAME the note gives, or None."""
+    at = info.symbol(name)
+    if at is None:
+        return None
+    try:
+        return int.from_bytes(phys.read((at - delta) % (1 << 64), 4), "little")
+    except GuestMemoryError:
+        return None
 
 
 def _from_symbols(phys: PhysicalMemory, arch: Arch, syms: Kallsyms, stats: LocateStats,
