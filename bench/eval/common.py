@@ -115,8 +115,9 @@ def env_with(**extra: str) -> dict:
 
 
 def dump(g: lab.LabGuest, path: Path) -> Path:
-    """QEMU's ELF dump of the guest, taken while paused (then let run again)."""
-    with QMP(str(g.qmp_path)) as qmp:
+    """QEMU's ELF dump of the guest, taken while paused (then let run again). A 4 GiB
+    guest takes longer than QMP's usual 10 s."""
+    with QMP(str(g.qmp_path), timeout=900) as qmp:
         qmp.execute("stop")
         try:
             qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{path}")
