@@ -138,3 +138,34 @@ def test_fleet_ps_from_srv_nodes_with_one_down(cases):
     assert vms.returncode == 1 and rows == [
         "case-elf@n1.cases.test", "case-raw@n1.cases.test", "case-two@n2.cases.test",
         "?@n3.cases.test"]
+
+
+def test_reads_share_one_stream_and_a_refusal_does_not_end_it(cases):
+    """Small reads go over one kept stream (the Reads RPC), each authorized, audited and
+    answered as a unary Read answers it: a refused read raises as it would, and the next
+    read still comes over the same stream; a change sent on it is refused, not made."""
+    from cloudvmi.remote.proto import cloudvmi_pb2 as pb
+
+    root, images, agents, _ = cases
+    node = _node(root, agents["n1"], "n1")
+    try:
+        vm = node.vm("case-elf")
+        with attach(str(images / "6.1.elf")) as local:
+            want = [local.read_physical(a, 4096) for a in range(0x100000, 0x110000, 4096)]
+        assert [vm.read_physical(a, 4096) for a in range(0x100000, 0x110000, 4096)] == want
+        stream = node._reads
+        assert stream is not None and stream.usable
+        with pytest.raises(PermissionDenied):
+            node.vm("secret").read_physical(0, 16)
+        with pytest.raises(RemoteError, match="no VM") as unknown:
+            node.vm("case-nosuch").read_physical(0, 16)
+        assert unknown.value.kind == "UnknownVM"
+        assert vm.read_physical(0x100000, 4096) == want[0]
+        assert node._reads is stream and stream.usable  # the refusals did not end it
+        refused = stream.ask(pb.Call(vm="case-elf", capability="guest.kill",
+                                     args_json=json.dumps({"pid": 1, "signal": 9})))
+        assert refused[0] is None and refused[1]["type"] == "ValueError"
+        assert "not a read" in refused[1]["message"]
+    finally:
+        node.close()
+    assert node._reads.broken

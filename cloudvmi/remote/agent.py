@@ -33,6 +33,7 @@ from cloudvmi.remote.limits import CallLimits, LimitExceeded
 from cloudvmi.remote.metrics import AgentMetrics
 from cloudvmi.remote.proto import cloudvmi_pb2 as pb
 from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
+from cloudvmi.remote.readstream import ERROR
 from cloudvmi.remote.registry import Registry, UnknownVM
 from cloudvmi.remote.upload import QUEUED_MESSAGES, Upload
 from cloudvmi.stream import ByteStream
@@ -43,6 +44,7 @@ from cloudvmi.write.operations import CHANNEL_MODES
 EXEC = "guest.exec"  # the channel of a redirected program (operate permission)
 EXEC_SECONDS = 3600.0  # the longest a program may hold a guest thread through the agent
 EXEC_IDLE = 60.0  # ... and the longest between two of its messages
+READS_SECONDS = 30.0  # the longest a stream of reads is kept open (a worker is its)
 CHUNK = 4 << 20  # per streamed message: fewer, larger messages stream faster
 MAX_PAYLOAD = 256 << 20  # the blobs of one call's arguments (a file written)
 STREAM_ABOVE = 1 << 20  # a blob larger than this is streamed to a capability that takes one
@@ -207,6 +209,33 @@ class AgentService(rpc.AgentServicer):
                    f"an answer of {size} bytes does not fit one message")
         return pb.Reply(json=text, data=b"".join(blobs))
 
+    def Reads(self, request_iterator, context):
+        """Read after read on one stream (see the proto): each message goes through Read,
+        authorization, limits and audit included; what Read would refuse with a status is
+        answered in the stream instead. A stream holds one of its client's call slots, and
+        lives at most READS_SECONDS."""
+        who = self._identity(context)
+        if not who:
+            self._record("?", "*", "reads", {}, "denied", "no identity", context)
+            _error(context, grpc.StatusCode.PERMISSION_DENIED, "PermissionDenied",
+                   "this client may not read")
+        try:
+            slot = self.limits.enter(who, 0)
+        except LimitExceeded as exc:
+            _error(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "LimitExceeded", str(exc))
+        lifetime = threading.Timer(READS_SECONDS, context.cancel)
+        lifetime.start()
+        answering = _Answering(context)
+        try:
+            for message in request_iterator:
+                try:
+                    yield self.Read(message, answering)
+                except _Refused as refused:
+                    yield pb.Reply(json=json.dumps({ERROR: refused.info}))
+        finally:
+            lifetime.cancel()
+            slot.release()
+
     def _serve(self, first, request_iterator, context):
         """Authorize, admit, read the payload, record and run the call FIRST starts (the
         rest of its payload in REQUEST_ITERATOR, None when it is all in FIRST); its result."""
@@ -361,6 +390,40 @@ class AgentService(rpc.AgentServicer):
             _error(context, grpc.StatusCode.INVALID_ARGUMENT, "ValueError",
                    f"payload of {size} bytes where {expected} were announced")
         return b"".join(parts)
+
+
+class _Refused(Exception):
+    """What Read would end its call with, kept for the stream's answer."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        try:
+            info = json.loads(details)
+        except ValueError:
+            info = {"type": "", "message": details}
+        self.info = {"code": code.name, **info}
+
+
+class _Answering:
+    """The stream's context, as one read inside it sees it: a refusal ends that read, not
+    the stream. The peer and its certificate are the stream's: taken once."""
+
+    def __init__(self, context) -> None:
+        self._context = context
+        self._auth = context.auth_context()
+        self._peer = context.peer()
+
+    def auth_context(self):
+        return self._auth
+
+    def peer(self) -> str:
+        return self._peer
+
+    def abort(self, code: grpc.StatusCode, details: str):
+        raise _Refused(code, details)
+
+    def __getattr__(self, name: str):
+        return getattr(self._context, name)
 
 
 def _replies(result):

@@ -19,6 +19,7 @@ from cloudvmi.redirect.program import Completed, run_program
 from cloudvmi.remote import codec
 from cloudvmi.remote.proto import cloudvmi_pb2 as pb
 from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
+from cloudvmi.remote.readstream import ReadStream
 from cloudvmi.stream import ByteStream
 from cloudvmi.vm import check_exec_args
 from cloudvmi.write.channel import CallResult, GuestCall
@@ -84,12 +85,16 @@ def _busy(exc: grpc.RpcError) -> bool:
 
 
 def _raise(exc: grpc.RpcError, node: str):
-    code = exc.code()
     details = exc.details() or ""
     try:
         info = json.loads(details)
     except ValueError:
         info = {"type": "", "message": details}
+    _raise_status(exc.code(), info, details, node)
+
+
+def _raise_status(code: grpc.StatusCode, info: dict, details: str, node: str):
+    """The error a call's status (CODE, and the agent's INFO in its DETAILS) stands for."""
     message = f"{node}: {info.get('message', details)}"
     if code == grpc.StatusCode.PERMISSION_DENIED:
         raise PermissionDenied(message, info.get("type", ""), code) from None
@@ -123,6 +128,8 @@ class Node:
             self.channel = grpc.secure_channel(address, creds, options=options)
         self.stub = rpc.AgentStub(self.channel)
         self._streams_reads = False  # the agent has no Read (older): stream every call
+        self._reads: ReadStream | None = None  # reads kept open (None: not yet, or no more)
+        self._no_read_stream = False  # the agent has no Reads (older)
 
     def vms(self) -> list[pb.VMInfo]:
         try:
@@ -149,8 +156,12 @@ class Node:
             try:
                 if small and cap.permission == "read" and not self._streams_reads \
                         and not _large_answer(args):
+                    call = next(calls())
+                    reply = self._read_streamed(call)
+                    if reply is not None:
+                        return codec.decode(reply.json, reply.data, cap.result)
                     try:  # one message each way: the cheapest round trip
-                        reply = self.stub.Read(next(calls()), timeout=self.timeout)
+                        reply = self.stub.Read(call, timeout=self.timeout)
                         return codec.decode(reply.json, reply.data, cap.result)
                     except grpc.RpcError as exc:
                         if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
@@ -175,6 +186,27 @@ class Node:
                 _raise(exc, self.name)
         return codec.decode(first.json, data, cap.result)
 
+    def _read_streamed(self, call: pb.Call) -> pb.Reply | None:
+        """The read's answer through the stream of reads, or None to ask the usual way
+        (no stream, busy, gone; or a refusal the unary path handles: over this client's
+        share, or too large for one message). Other refusals raise as the call's would."""
+        if self._no_read_stream:
+            return None
+        stream = self._reads
+        if stream is None or not stream.usable:
+            if stream is not None:
+                stream.close()
+            stream = self._reads = ReadStream(self.stub, self.timeout)
+        reply, refused = stream.ask(call)
+        if stream.unsupported:
+            self._no_read_stream = True
+        if refused is None:
+            return reply
+        code = getattr(grpc.StatusCode, str(refused.get("code")), grpc.StatusCode.UNKNOWN)
+        if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE):
+            return None
+        _raise_status(code, refused, json.dumps(refused), self.name)
+
     def vm(self, name: str) -> "RemoteVM":
         return RemoteVM(self, name)
 
@@ -183,6 +215,8 @@ class Node:
         return RemoteChannel(self, vm, argv, as_pid, mode)
 
     def close(self) -> None:
+        if self._reads is not None:
+            self._reads.close()
         self.channel.close()
 
 

@@ -53,6 +53,7 @@ RULE_SETTINGS = {
     "vms": Setting(list, str, low=1),
     "permissions": Setting(list, str, required=True, choices=PERMISSIONS),
 }
+ALLOWED_KEPT = 4096  # answers of AgentConfig.allowed kept
 FILE_SETTINGS = {"agent": Setting(dict, required=True), "allow": Setting(list, dict)}
 
 
@@ -98,6 +99,7 @@ class AgentConfig:
     rules: list[Rule] = field(default_factory=list)
     crl: Path | None = None  # the CRL read at load (its serials are in `revoked`)
     revoked: frozenset[int] = frozenset()  # serials refused: `revoked` and the CRL's
+    _answers: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Here, not only in load(): a config built in code cannot serve plaintext off-host.
@@ -108,7 +110,17 @@ class AgentConfig:
                                     f"not {self.listen!r}")
 
     def allowed(self, identity: str, vm: str, permission: str) -> bool:
-        return any(rule.allows(identity, vm, permission) for rule in self.rules)
+        """Whether a rule lets IDENTITY have PERMISSION on VM. Answers are kept (the rules
+        do not change while the agent runs), up to ALLOWED_KEPT of them: the names asked
+        about are the clients'."""
+        key = (identity, vm, permission)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = any(rule.allows(identity, vm, permission) for rule in self.rules)
+            if len(self._answers) >= ALLOWED_KEPT:
+                self._answers.clear()
+            self._answers[key] = answer
+        return answer
 
 
 def load(path: str | Path) -> AgentConfig:

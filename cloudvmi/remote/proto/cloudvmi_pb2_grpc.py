@@ -54,6 +54,11 @@ class AgentStub:
                 request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
                 response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
                 _registered_method=True)
+        self.Reads = channel.stream_stream(
+                '/cloudvmi.v1.Agent/Reads',
+                request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
+                response_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
+                _registered_method=True)
         self.Channel = channel.stream_stream(
                 '/cloudvmi.v1.Agent/Channel',
                 request_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
@@ -94,6 +99,17 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reads(self, request_iterator, context):
+        """Reads as Read answers them, over one stream a client keeps open: a round trip without
+        a call's setup. Each message is one read, answered by one Reply; a read that is refused
+        or fails is answered with the JSON {"__error__": {"code": STATUS, "type": ..., "message":
+        ...}} (what Read's status carries) and the stream goes on. The agent ends a stream after
+        READS_SECONDS; the client opens another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Channel(self, request_iterator, context):
         """A redirected program's guest system calls (`cloudvmi exec VM@NODE`), with the operate
         permission: the first message names the VM, capability "guest.exec" and the program
@@ -125,6 +141,11 @@ def add_AgentServicer_to_server(servicer, server):
             ),
             'Read': grpc.unary_unary_rpc_method_handler(
                     servicer.Read,
+                    request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.FromString,
+                    response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.SerializeToString,
+            ),
+            'Reads': grpc.stream_stream_rpc_method_handler(
+                    servicer.Reads,
                     request_deserializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.FromString,
                     response_serializer=cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.SerializeToString,
             ),
@@ -240,6 +261,33 @@ class Agent:
             request,
             target,
             '/cloudvmi.v1.Agent/Read',
+            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
+            cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reads(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cloudvmi.v1.Agent/Reads',
             cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Call.SerializeToString,
             cloudvmi_dot_remote_dot_proto_dot_cloudvmi__pb2.Reply.FromString,
             options,
