@@ -51,6 +51,21 @@ def render(out: Path) -> Path:
     return path
 
 
+def _earlier_runs(data_dir: Path, chosen: list[str]) -> list[dict]:
+    """The runs whose families' figures are still kept beside this run's: a run of some
+    families (`--only`) keeps the others' data, so the document says where each came from."""
+    try:
+        runs = json.loads((data_dir / "machine.json").read_text()).get("runs", [])
+    except (OSError, ValueError):
+        return []
+    out = []
+    for run in runs:
+        left = [f for f in run.get("families", []) if f not in chosen]
+        if left:
+            out.append({**run, "families": left})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs",
@@ -81,6 +96,9 @@ def main() -> None:
             settings.close()
             shutil.rmtree(work, ignore_errors=True)
         meta["elapsed_min"] = (time.monotonic() - started) / 60
+        this = {"families": chosen, "date": meta["date"], "minutes": meta["elapsed_min"],
+                "commit": meta["cloudvmi_commit"]}
+        meta["runs"] = _earlier_runs(data_dir, chosen) + [this]
         (data_dir / "machine.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"wrote {render(args.out)}")
 

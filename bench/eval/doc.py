@@ -32,10 +32,18 @@ def render(data: dict, figures: dict[str, list[str]], quick: bool) -> str:
     if quick:
         out += ["> **Quick run**: the smallest settings, to check the harness works end to "
                 "end. Its figures are not the evaluation.", ""]
-    out += [f"Made by `{SCRIPT}` in one run on {m['date']}"
-            f" ({data.get('elapsed_min', 0):.0f} min). Reproduce: "
-            "[evaluation/README.md](evaluation/README.md).", "",
-            "## Machine and versions", ""]
+    runs = m.get("runs") or []
+    if len(runs) > 1:  # families run separately (`--only`), each kept with its own run
+        out += [f"Made by `{SCRIPT}` in {len(runs)} runs, each keeping the figures of the "
+                "families it ran (`--only` reruns some): " + "; ".join(
+                    f"{', '.join(r['families'])} on {r['date']} ({r['minutes']:.0f} min, "
+                    f"commit `{r['commit'][:10]}`)" for r in runs)
+                + ". Reproduce: [evaluation/README.md](evaluation/README.md).", ""]
+    else:
+        out += [f"Made by `{SCRIPT}` in one run on {m['date']}"
+                f" ({data.get('elapsed_min', 0):.0f} min). Reproduce: "
+                "[evaluation/README.md](evaluation/README.md).", ""]
+    out += ["## Machine and versions", ""]
     out += _table(["", ""], [
         ["CPU", f"{m['cpu']} ({m['cores']} cores, {m['usable_cores']} usable)"],
         ["RAM", f"{m['ram_gib']} GiB"], ["host kernel", m["kernel"]], ["QEMU", m["qemu"]],

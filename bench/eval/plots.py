@@ -2,6 +2,7 @@
 redraws them without running anything). Each has axes with units, a legend, and the peers
 (or the guest's own tools, or published figures, labelled so) in the same figure."""
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -88,7 +89,7 @@ def overhead(data: dict, out: Path) -> list[str]:
     ax.axhline(5, color=COLORS["published"], linestyle="--",
                label="HyperShell: <5% guest kernel overhead (published)")
     ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xticks(range(len(conditions)), [c.replace(", ", ",\n") for c in conditions],
+    ax.set_xticks(range(len(conditions)), [textwrap.fill(c, 24) for c in conditions],
                   fontsize=8)
     ax.set_yscale("symlog", linthresh=10)  # a few % and a few 1000 % in one figure
     ax.set_ylabel("slowdown of the guest benchmark (%, log above 10)")
