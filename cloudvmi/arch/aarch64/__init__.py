@@ -3,7 +3,7 @@ roots (TTBR1 for the kernel, TTBR0 for a process), Linux's arm64 kernel layout."
 
 from collections.abc import Callable
 
-from cloudvmi.arch.aarch64 import abi
+from cloudvmi.arch.aarch64 import abi, batch, helper
 from cloudvmi.arch.aarch64.paging import AddressSpace, TranslationCache
 from cloudvmi.arch.base import Arch
 from cloudvmi.arch.paging import PAGE
@@ -68,8 +68,8 @@ ARCH = Arch(
     pc="pc", user_mode=lambda regs: regs["cpsr"] & 0xF == 0,
     page_table_root=_ttbr_table,
     pt_regs={}, tif_sigpending=0, syscall_entry="el0t_64_sync", entry_return_pc="elr_el1",
-    syscall=abi.ABI, batch_code=b"", batch_done=0, resume_stub=_not_yet,
-    helper_code=b"", helper_parked=0, helper_register="x28",
+    syscall=abi.ABI, batch_code=batch.CODE, batch_done=batch.DONE, resume_stub=_not_yet,
+    helper_code=helper.CODE, helper_parked=helper.PARKED, helper_register="x28",
     capstone=("CS_ARCH_ARM64", "CS_MODE_ARM"), address_space=AddressSpace,
     translation_cache=TranslationCache, image_voffset_symbol="kimage_voffset",
     qemu_names=("aarch64",), elf_machine="EM_AARCH64", writable=False,
