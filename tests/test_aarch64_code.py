@@ -194,3 +194,47 @@ def test_helper_forks_serves_a_list_and_quits(harness, tmp_path):
     assert results[pid] == helper
     assert raw[name - MAILBOX_BASE:name - MAILBOX_BASE + 16].rstrip(b"\0") == persistent.COMM
     _check_file_calls(results, at, raw, MAILBOX_BASE, tmp_path)
+
+
+def test_resume_stub_restores_x0_and_branches_to_the_saved_pc():
+    import capstone
+
+    saved = {"x0": 0xFFFF_FFFF_FFFF_FFFC, "pc": 0xAAAA_0040_1230}
+    address = saved["pc"] - (64 << 20)
+    code, entry = arm_batch.resume_stub(saved, address)
+    md = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+    ins = [(i.address, i.mnemonic, i.op_str) for i in md.disasm(code[:12], address)]
+    assert ins[0][1] == "nop" and entry == 4  # a restarted call, rewound by 4, lands here
+    assert ins[1][1:] == ("ldr", f"x0, #{address + 16:#x}")
+    assert ins[2][1:] == ("b", f"#{saved['pc']:#x}")
+    assert int.from_bytes(code[16:24], "little") == saved["x0"]
+    assert arm_batch.resume_stub(saved, saved["pc"] + (128 << 20)) is None  # out of reach
+
+
+QEMU_SYSTEM = shutil.which("qemu-system-aarch64")
+
+
+@pytest.mark.skipif(QEMU_SYSTEM is None, reason="qemu-system-arm not installed")
+def test_qemu_describes_every_register_the_injection_uses(tmp_path):
+    """QEMU's own target description (a QEMU started stopped, with no guest: nothing runs):
+    x0-x30, sp, pc, cpsr in the `g` packet, the system registers by `p` (read only: QEMU
+    7.2 ignores writes to them, and the injection never writes them)."""
+    from cloudvmi.control.gdbstub import GDBStub
+
+    sock, pidfile = tmp_path / "gdb.sock", tmp_path / "qemu.pid"
+    subprocess.run([QEMU_SYSTEM, "-S", "-M", "virt,gic-version=3", "-accel", "tcg",
+                    "-cpu", "max,pauth-impdef=on", "-m", "64", "-nodefaults", "-display",
+                    "none", "-gdb", f"unix:{sock},server=on,wait=off", "-daemonize",
+                    "-pidfile", str(pidfile)], check=True, timeout=30)
+    pid = int(pidfile.read_text())
+    try:
+        with GDBStub.connect(str(sock)) as gdb:
+            regs = gdb.read_registers()  # the `g` packet
+            assert set(ARCH.saved_registers) <= set(regs) and ARCH.pc in regs
+            assert set(ARCH.pt_regs) == set(ARCH.saved_registers)
+            assert not ARCH.user_mode(regs)  # reset: EL1h (cpsr 0x3c5)
+            for name in ARCH.system_registers:
+                assert name not in regs
+                gdb.read_register(name)  # `p` knows it
+    finally:
+        os.kill(pid, 15)

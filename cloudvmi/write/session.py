@@ -51,13 +51,22 @@ class GuestSession:
 
     def _map(self) -> int:
         """A scratch mapping of the current size with the batch code and resume stub in it
-        (the journal learns where the stub is); its address."""
+        (the journal learns where the stub is); its address. Where the stub must sit near
+        the thread's PC (arm64's direct branch), the mapping is asked for there; if the
+        kernel places it elsewhere, there is no stub, and a thread left inside an injected
+        call gets that call's result in its result register."""
         inj = self.injector
-        base = inj.map_scratch(self.size)
-        stub, entry = inj.arch.resume_stub(inj.target.saved)
-        inj.write_user(base, inj.arch.batch_code)
-        inj.write_user(base + STUB_OFFSET, stub)
-        inj.note_resume_stub(base + STUB_OFFSET + entry)
+        arch = inj.arch
+        hint = 0
+        if arch.stub_reach:
+            pc = inj.target.saved[arch.pc]
+            hint = max(pc - arch.stub_reach // 2, 1 << 32) // arch.page_size * arch.page_size
+        base = inj.map_scratch(self.size, hint=hint)
+        inj.write_user(base, arch.batch_code)
+        stub = arch.resume_stub(inj.target.saved, base + STUB_OFFSET)
+        if stub is not None:
+            inj.write_user(base + STUB_OFFSET, stub[0])
+        inj.note_resume_stub(base + STUB_OFFSET + stub[1] if stub is not None else 0)
         return base
 
     def grow(self, need: int) -> None:

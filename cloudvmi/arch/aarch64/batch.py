@@ -14,3 +14,22 @@ CODE = bytes.fromhex(
 )
 DONE = 0x84  # offset of `done: b done`
 TABLE_REGISTERS = ("x19", "x20")  # (first entry, end of table)
+
+STUB_REACH = 1 << 27  # a `b` reaches +-128 MiB
+_NOP, _LDR_X0_LITERAL_12 = 0xD503201F, 0x58000060  # ldr x0, [pc + 12]
+
+
+def resume_stub(saved: dict[str, int], address: int) -> tuple[bytes, int] | None:
+    """Code that gives a thread back its X0 and PC: where a thread still inside an injected
+    call is sent when that call returns (the kernel writes the call's result into X0; every
+    other register comes from the frame). AArch64 has no branch to an address in memory that
+    leaves every register alone, so the jump is a direct `b`: the code must sit, at ADDRESS,
+    within STUB_REACH of the saved PC (None otherwise). Returns (bytes, entry offset); a NOP
+    before the entry catches a restarted call, which the kernel rewinds by 4 bytes."""
+    branch = address + 8
+    delta = saved["pc"] - branch
+    if delta % 4 or not -STUB_REACH <= delta < STUB_REACH:
+        return None
+    words = (_NOP, _LDR_X0_LITERAL_12, 0x14000000 | (delta >> 2) & 0x3FF_FFFF, _NOP)
+    code = b"".join(w.to_bytes(4, "little") for w in words)
+    return code + saved["x0"].to_bytes(8, "little"), 4
