@@ -238,3 +238,44 @@ def test_qemu_describes_every_register_the_injection_uses(tmp_path):
                 gdb.read_register(name)  # `p` knows it
     finally:
         os.kill(pid, 15)
+
+
+@needs_qemu
+def test_arm64_stat_and_open_flags_reach_programs_as_x86_64s(harness, tmp_path):
+    """What the syscall channel gives redirected (x86-64) programs from an arm64 guest: its
+    struct stat in x86-64's layout, field for field as the kernel's own stat says, and
+    x86-64's O_DIRECTORY doing what it means (qemu-user's arm64 process: real calls)."""
+    from cloudvmi.arch.x86_64.abi import ABI as X86
+    from cloudvmi.write import hostabi
+
+    target = tmp_path / "file"
+    target.write_bytes(b"x" * 12345)
+    target.chmod(0o640)
+    blob = bytearray(PAGE + session.TABLE_PAGES * PAGE + PAGE)
+    blob[:len(arm_batch.CODE)] = (arm_batch.CODE[:arm_batch.DONE] + RET
+                                  + arm_batch.CODE[arm_batch.DONE + 4:])
+    put = _data(blob, PAGE + session.TABLE_PAGES * PAGE, BASE)
+    b = batch.Batch(BASE + PAGE)
+    path, buf = put(str(target).encode() + b"\0"), put(bytes(X86.stat_size))
+    st = b.add(abi.nr("newfstatat"), abi.AT_FDCWD, path, buf, abi.AT_SYMLINK_NOFOLLOW)
+    directory = hostabi.open_flags(abi, X86.O_RDONLY | X86.O_DIRECTORY)
+    on_dir = b.add(abi.nr("openat"), abi.AT_FDCWD, put(str(tmp_path).encode() + b"\0"),
+                   directory, stop_on_error=False)
+    on_file = b.add(abi.nr("openat"), abi.AT_FDCWD, path, directory, stop_on_error=False)
+    table = b.encode()
+    blob[PAGE:PAGE + len(table)] = table
+    struct.pack_into("<QQ", blob, 0x800, b.table, b.end)
+    (tmp_path / "in").write_bytes(blob)
+    _run(harness, "batch", hex(BASE), str(tmp_path / "in"), str(tmp_path / "out"))
+    raw = (tmp_path / "out").read_bytes()
+    results = b.decode_results(raw[PAGE:PAGE + len(table)])
+    assert results[st] == 0
+    mine = X86.parse_stat(hostabi.host_stat(abi, raw[buf - BASE:buf - BASE + X86.stat_size]))
+    theirs = os.lstat(target)
+    assert (mine["ino"], mine["mode"], mine["nlink"], mine["uid"], mine["gid"], mine["size"]) \
+        == (theirs.st_ino, theirs.st_mode, theirs.st_nlink, theirs.st_uid, theirs.st_gid,
+            12345)
+    assert abs(mine["mtime"] - theirs.st_mtime) < 1e-6
+    assert errno_of(results[on_dir]) is None and errno_of(results[on_file]) == 20  # ENOTDIR
+    assert hostabi.open_flags(X86, 0o200000) == 0o200000 == X86.O_DIRECTORY
+    assert hostabi.number(abi, "utimes") == hostabi.ABSENT  # arm64 has none: ENOSYS
