@@ -133,9 +133,9 @@ class Arch:
     # registers set, besides PC and arguments, whenever injected code runs (from the saved)
     run_registers: Callable[[dict[str, int]], dict[str, int]] = lambda saved: {}
     stub_reach: int = 0  # how far the resume stub may sit from the saved PC (0: anywhere)
-    # whether a thread may be taken wherever it is in user mode (False: only where a system
-    # call returns, when system calls do not keep all of user state, as arm64's SVE state)
-    take_in_user_mode: bool = True
+    # thread_info.flags bits of a thread with user state that a system call discards (arm64's
+    # SVE and SME state): such a thread is taken only where its own system call returns
+    syscall_discards: int = 0
     # at the syscall entry symbol: whether the exception taken is a system call (arm64's
     # entry takes every synchronous exception from user mode: faults too)
     entry_is_syscall: Callable[[dict[str, int]], bool] = lambda regs: True

@@ -95,9 +95,6 @@ class Injector:
 
     def _hijack(self, pid: int | None) -> Target:
         deadline = time.monotonic() + self.timeout
-        if not self.arch.take_in_user_mode:
-            self.gdb.interrupt()
-            return self._take_at_syscall_return(pid, deadline)
         for attempt in range(TRY_USER_MODE):
             self.gdb.interrupt()
             found = self._take_user_mode(pid)
@@ -120,9 +117,19 @@ class Injector:
                 continue
             task = self._task_of(regs)
             t = self.chooser.suitable(task, pid) if task else None
-            if t is not None:
+            if t is not None and self._syscalls_keep_state(task):
                 return self._take(thread, task, t, regs)
         return None
+
+    def _syscalls_keep_state(self, task: int) -> bool:
+        """Whether our system calls leave all of the thread's user state alone where it
+        stands (not so for arm64 SVE state: a thread using it waits for its own call)."""
+        if not self.arch.syscall_discards:
+            return True
+        try:
+            return not self.signals.flags(task) & self.arch.syscall_discards
+        except GuestMemoryError:
+            return False
 
     def _take(self, thread: str | None, task: int, t: dict, regs: dict[str, int]) -> Target:
         """Hold the thread: journal its registers and signal mask, then block its signals

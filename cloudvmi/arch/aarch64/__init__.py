@@ -11,6 +11,7 @@ from cloudvmi.arch.paging import PAGE
 # PAGE_OFFSET, the start of the linear map, is -(1 << VA_BITS): a build constant.
 PAGE_OFFSETS = {4: 0xFFFF_0000_0000_0000, 5: 0xFFF0_0000_0000_0000}
 KIMAGE_VADDR = 0xFFFF_8000_0800_0000  # 48-bit, 128 MiB of modules below (to 6.x's 2 GiB)
+TIF_SIGPENDING, TIF_SVE, TIF_SME = 0, 23, 27  # arch/arm64/include/asm/thread_info.h
 
 
 def _image_offset(number: Callable[[str], int | None]) -> int | None:
@@ -84,7 +85,7 @@ ARCH = Arch(
     # struct pt_regs begins with struct user_pt_regs: regs[31], sp, pc, pstate
     pt_regs={**{f"x{i}": f"regs[{i}]" for i in range(31)}, "sp": "sp", "pc": "pc",
              "cpsr": "pstate"},
-    tif_sigpending=0, syscall_entry="el0t_64_sync", entry_return_pc="elr_el1",
+    tif_sigpending=TIF_SIGPENDING, syscall_entry="el0t_64_sync", entry_return_pc="elr_el1",
     syscall=abi.ABI, batch_code=batch.CODE, batch_done=batch.DONE,
     resume_stub=batch.resume_stub,
     helper_code=helper.CODE, helper_parked=helper.PARKED, helper_register="x28",
@@ -96,9 +97,9 @@ ARCH = Arch(
     system_registers=("ttbr0_el1", "tpidr_el1", "elr_el1", "esr_el1"),
     per_cpu_offset=_per_cpu_offset, current_task_symbols=("__entry_task",),
     run_registers=_run_registers, stub_reach=batch.STUB_REACH,
-    # A system call discards SVE state beyond the FPSIMD registers: a thread stopped at any
-    # user instruction may have it live, one stopped where its system call returns has not.
-    take_in_user_mode=False, entry_is_syscall=_entry_is_syscall,
+    # A system call discards SVE state beyond the FPSIMD registers (and streaming SVE): a
+    # thread that has it live (TIF_SVE, TIF_SME) is taken only where a system call returns.
+    syscall_discards=1 << TIF_SVE | 1 << TIF_SME, entry_is_syscall=_entry_is_syscall,
 )
 
 __all__ = ["ARCH", "AddressSpace"]
