@@ -11,6 +11,7 @@ STUB_OFFSET = 0x800  # in the code page, after the batch interpreter
 DATA = 256 * 1024  # default data area
 DATA_LARGE = 4 << 20  # a syscall channel's (file contents, /proc trees)
 DATA_FIRST = 256 * 1024  # what a growable area starts with (most lists need less)
+LOWEST_HINT = 1 << 24  # a mapping is never asked for below this (mmap_min_addr and more)
 
 
 class GuestSession:
@@ -31,6 +32,7 @@ class GuestSession:
         self.data_size = self._pages(min(first or data_size, data_size))
         self.base = 0
         self._cursor = 0
+        self._far = False  # where the last mapping was asked for (see _map)
 
     def _pages(self, size: int) -> int:
         page = self.injector.arch.page_size
@@ -58,9 +60,13 @@ class GuestSession:
         inj = self.injector
         arch = inj.arch
         hint = 0
-        if arch.stub_reach:
+        if arch.stub_reach:  # below the code (a PIE's start), or above a low static binary;
+            # a mapping that replaces another (grow) is asked for at the other distance
             pc = inj.target.saved[arch.pc]
-            hint = max(pc - arch.stub_reach // 2, 1 << 32) // arch.page_size * arch.page_size
+            self._far = not self._far
+            away = arch.stub_reach // (2 if self._far else 4)
+            hint = pc - away if pc - away >= LOWEST_HINT else pc + away - self.size
+            hint = hint // arch.page_size * arch.page_size
         base = inj.map_scratch(self.size, hint=hint)
         inj.write_user(base, arch.batch_code)
         stub = arch.resume_stub(inj.target.saved, base + STUB_OFFSET)
