@@ -91,7 +91,7 @@ ARCH = Arch(
     helper_code=helper.CODE, helper_parked=helper.PARKED, helper_register="x28",
     capstone=("CS_ARCH_ARM64", "CS_MODE_ARM"), address_space=AddressSpace,
     translation_cache=TranslationCache, image_voffset_symbol="kimage_voffset",
-    qemu_names=("aarch64",), elf_machine="EM_AARCH64", writable=False,
+    qemu_names=("aarch64",), elf_machine="EM_AARCH64", writable=True,
     table_registers=batch.TABLE_REGISTERS,
     # QEMU's gdbstub sends these with `p` only (its `g` packet holds x0-x30, sp, pc, cpsr)
     system_registers=("ttbr0_el1", "tpidr_el1", "elr_el1", "esr_el1"),
