@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import struct
+import threading
 import time
 import uuid
 
@@ -159,6 +160,24 @@ def test_a_call_left_in_flight_returns_the_thread_home_through_the_stub(live):
         gdb.cont()
     assert g.console.run(f"test -d /proc/{counter}")[0] == 0
 
+
+def test_no_signal_sent_during_a_batch_is_lost(live):
+    """Signals sent to the hijacked process while it waits in an injected wait4 are
+    delivered afterwards, to its own handlers (arm64's TIF_SIGPENDING set on release):
+    SIGUSR1 at least once (standard signals coalesce), each of five real-time ones once."""
+    g, vm = live
+    target = _pid_of(g, "/bin/workload", "signals")
+    start = theirs(g, "cat /tmp/signals.txt").split()
+    sender = threading.Thread(target=g.console.check, args=(
+        f"sleep 1; kill -USR1 {target}; for i in 1 2 3 4 5; do kill -35 {target}; done",))
+    sender.start()
+    status, _ = vm.guest.as_process(target).run(["/bin/sh", "-c", "sleep 4"])
+    sender.join(60)
+    assert status == 0
+    time.sleep(0.5)
+    end = theirs(g, "cat /tmp/signals.txt").split()
+    assert int(end[1]) >= int(start[1]) + 1
+    assert int(end[3]) == int(start[3]) + 5
 
 def test_syscalls_in_a_thread_taken_mid_loop_leave_its_registers_alone(live):
     """The workload's sentinel holds known values in x1-x15, x19-x28 and four FP/SIMD
