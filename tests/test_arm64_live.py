@@ -91,12 +91,3 @@ def test_dump_gives_the_same_results_as_live(live, tmp_path):
     for a, b in zip(live_views, dump_views, strict=True):
         assert a == b
 
-
-def test_writes_are_refused_clearly(live):
-    """System-call injection is not there yet for arm64: asked for, it says so, before
-    anything else is asked of the VM (no second monitor connection, no gdbstub)."""
-    from cloudvmi.errors import CloudVMIError
-
-    vm, _ = live
-    with pytest.raises(CloudVMIError, match="changing arm64 guests is not available"):
-        vm.guest.kill(999999)
