@@ -57,8 +57,8 @@ class Injector:
 
     def _registers(self) -> dict[str, int]:
         """The selected vCPU's registers: the `g` packet and the architecture's system
-        registers it lacks (arm64's TTBR0_EL1, TPIDR_EL1, ELR_EL1), keyed as the Arch names
-        them."""
+        registers it lacks (arm64's TTBR0_EL1, TPIDR_EL1, ELR_EL1, ESR_EL1), keyed as the Arch
+        names them."""
         regs = self.gdb.read_registers()
         for name in self.arch.system_registers:
             regs[name] = self.gdb.read_register(name)
