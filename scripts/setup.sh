@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(qemu-system-x86 qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross busybox-static cpio gcc libc6-dev dpkg-dev iproute2 procps coreutils passwd ca-certificates dwarves xz-utils
+packages=(qemu-system-x86 qemu-system-arm qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross busybox-static cpio gcc libc6-dev dpkg-dev iproute2 procps coreutils passwd ca-certificates dwarves xz-utils
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config python3-dev util-linux)
 missing=()
 for p in "${packages[@]}"; do

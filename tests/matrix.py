@@ -7,7 +7,8 @@ tested the day it is uploaded, with no change here."""
 KERNELS = ["5.10", "6.1", "6.12", "unstable"]
 WRITABLE = ["6.1", "6.12", "unstable"]  # where the writable round trips run
 NEWEST = KERNELS[-1]
-# arm64 guests (TCG emulation of AArch64 is slower here: views only, one guest per kernel).
+# arm64 guests (TCG emulation of AArch64 is slower here: the views, and a lean set of writes
+# in tests/test_arm64_write.py, one guest per kernel for each).
 # "arm64:6.1" is Debian's 48-bit kernel without KALLSYMS_ALL, "arm64:6.12" its 52-bit (LPA2)
 # one on a CPU that has FEAT_LPA2, so both translation depths are shown.
 ARM64 = ["arm64:6.1", "arm64:6.12"]

@@ -118,8 +118,10 @@ class Arch:
     syscall: SyscallABI
     batch_code: bytes
     batch_done: int  # offset of the interpreter's final self-loop
-    resume_stub: Callable[[dict[str, int]], tuple[bytes, int]]  # (code, entry) that restores
-    # what the kernel overwrites on a system call's return, then jumps to the saved PC
+    # resume_stub(saved registers, its address) -> (code, entry) that restores what the
+    # kernel overwrites on a system call's return, then jumps to the saved PC; None when no
+    # such code can be placed at that address (out of a direct branch's reach)
+    resume_stub: Callable[[dict[str, int], int], tuple[bytes, int] | None]
     helper_code: bytes  # the persistent channel's helper (entered with its mailbox address)
     helper_parked: int  # offset where the hijacked thread parks once the helper is forked
     helper_register: str  # the register that carries the mailbox address
@@ -143,6 +145,23 @@ class Arch:
     qemu_names: tuple[str, ...] = ()  # QMP query-target's "arch" for this CPU
     elf_machine: str = ""  # a dump's e_machine, as pyelftools names it
     writable: bool = True  # system calls can be injected (registers, batch, helper known)
+    # Injection details that differ by architecture
+    table_registers: tuple[str, str] = ("r12", "r13")  # the batch's first entry and its end
+    # registers the gdbstub's `g` packet lacks and the injection needs (read one by one)
+    system_registers: tuple[str, ...] = ()
+    # the kernel's per-CPU offset of a stopped vCPU, from its registers
+    per_cpu_offset: Callable[[dict[str, int]], int] = lambda regs: 0
+    # per-CPU variables holding the task that runs on a CPU, first found wins
+    current_task_symbols: tuple[str, ...] = ("current_task",)
+    # registers set, besides PC and arguments, whenever injected code runs (from the saved)
+    run_registers: Callable[[dict[str, int]], dict[str, int]] = lambda saved: {}
+    stub_reach: int = 0  # how far the resume stub may sit from the saved PC (0: anywhere)
+    # thread_info.flags bits of a thread with user state that a system call discards (arm64's
+    # SVE and SME state): such a thread is taken only where its own system call returns
+    syscall_discards: int = 0
+    # at the syscall entry symbol: whether the exception taken is a system call (arm64's
+    # entry takes every synchronous exception from user mode: faults too)
+    entry_is_syscall: Callable[[dict[str, int]], bool] = lambda regs: True
 
     @property
     def pointer(self) -> struct.Struct:

@@ -4,11 +4,13 @@ in one held hijack, one resume of the guest thread per list. Redirected programs
 
 A call's arguments are plain values, bytes copied into the scratch area (the call gets their
 address), output buffers (read back after the run) or the result of an earlier call in the
-same list."""
+same list. Flags and structures are x86-64's, translated for a guest of another ABI
+(write/hostabi.py)."""
 
 from dataclasses import dataclass, field
 
 from cloudvmi.write import batch as batch_mod
+from cloudvmi.write import hostabi
 from cloudvmi.write.errors import InjectionError
 from cloudvmi.write.session import DATA_FIRST, DATA_LARGE, TABLE_PAGES, GuestSession
 
@@ -139,11 +141,20 @@ class CallChannel:
                     args.append(b.result(a.value))
                 else:
                     raise ValueError(f"bad argument {a.kind}:{a.value} for {call.name}")
-            b.add(self.abi.nr(call.name), *args, stop_on_error=call.stop_on_error)
+            if call.name in hostabi.OPEN_FLAGS_ARGUMENT:
+                at = hostabi.OPEN_FLAGS_ARGUMENT[call.name]
+                if at < len(args) and call.args[at].kind == VALUE:
+                    args[at] = hostabi.open_flags(self.abi, args[at])
+            b.add(hostabi.number(self.abi, call.name), *args, stop_on_error=call.stop_on_error)
             outputs.append(outs)
         raw = self._execute(b, bytes(blob))
         self.resumes += 1
-        return self._collect(calls, raw, outputs)
+        results = self._collect(calls, raw, outputs)
+        if not hostabi.same(self.abi):
+            for call, result in zip(calls, results, strict=True):
+                if call.name in hostabi.STAT_OUTPUTS and result.outputs:
+                    result.outputs[0] = hostabi.host_stat(self.abi, result.outputs[0])
+        return results
 
     def _collect(self, calls, raw, outputs) -> list[CallResult]:
         """Read the used output bytes back in as few reads as possible."""

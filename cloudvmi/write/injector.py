@@ -55,6 +55,15 @@ class Injector:
         self._journaled: tuple | None = None  # what the journal on disk says
         self.stats = {"syscalls": 0, "batches": 0, "foreign_hits": 0}
 
+    def _registers(self) -> dict[str, int]:
+        """The selected vCPU's registers: the `g` packet and the architecture's system
+        registers it lacks (arm64's TTBR0_EL1, TPIDR_EL1, ELR_EL1, ESR_EL1), keyed as the Arch
+        names them."""
+        regs = self.gdb.read_registers()
+        for name in self.arch.system_registers:
+            regs[name] = self.gdb.read_register(name)
+        return regs
+
     def _root(self, regs: dict[str, int]) -> int:
         return self.arch.page_table_root(regs)
 
@@ -103,14 +112,24 @@ class Injector:
         for thread in self.gdb.threads() or [None]:
             if thread is not None:
                 self.gdb.select(thread)
-            regs = self.gdb.read_registers()
+            regs = self._registers()
             if not self.arch.user_mode(regs):
                 continue
             task = self._task_of(regs)
             t = self.chooser.suitable(task, pid) if task else None
-            if t is not None:
+            if t is not None and self._syscalls_keep_state(task):
                 return self._take(thread, task, t, regs)
         return None
+
+    def _syscalls_keep_state(self, task: int) -> bool:
+        """Whether our system calls leave all of the thread's user state alone where it
+        stands (not so for arm64 SVE state: a thread using it waits for its own call)."""
+        if not self.arch.syscall_discards:
+            return True
+        try:
+            return not self.signals.flags(task) & self.arch.syscall_discards
+        except GuestMemoryError:
+            return False
 
     def _take(self, thread: str | None, task: int, t: dict, regs: dict[str, int]) -> Target:
         """Hold the thread: journal its registers and signal mask, then block its signals
@@ -171,7 +190,7 @@ class Injector:
         for thread in self.gdb.threads() or [None]:
             if thread is not None:
                 self.gdb.select(thread)
-            regs = self.gdb.read_registers()
+            regs = self._registers()
             if self._task_of(regs) == target.task and self._root(regs) == target.root and (
                     regs[self.arch.pc] in (target.stop_at, target.saved[self.arch.pc])):
                 # at STOP_AT, or still where it was taken (our registers never reached it):
@@ -237,7 +256,8 @@ class Injector:
                                                f"process{'' if pid is None else f' (pid {pid})'}")
                 task = self._task_of(regs)
                 t = self.chooser.suitable(task, pid) if task else None
-                if t is not None and regs[nr_register] not in no_return:
+                if (t is not None and self.arch.entry_is_syscall(regs)
+                        and regs[nr_register] not in no_return):
                     return thread, regs, task, t
                 self._step_over(entry)
         finally:
@@ -282,7 +302,7 @@ class Injector:
                 continue
             if stop.thread is not None and stop.thread != self.gdb.thread:
                 self.gdb.select(stop.thread)
-            regs = self.gdb.read_registers()
+            regs = self._registers()
             if regs[self.arch.pc] == address:
                 return stop.thread, regs
             # Stopped for another reason (a signal to the debugger): just go on.
@@ -321,7 +341,8 @@ class Injector:
         target.stop_at = stop_at  # journal first: a death after it finds the thread
         target.parked = False  # either still at home or on its way to STOP_AT
         self._write_journal()
-        self.gdb.write_registers({**regs, self.arch.pc: pc})
+        self.gdb.write_registers({**self.arch.run_registers(target.saved), **regs,
+                                  self.arch.pc: pc})
         deadline = time.monotonic() + self.timeout
         try:
             _, out = self._await_thread(stop_at, target.root, target.task, deadline,
@@ -353,7 +374,8 @@ class Injector:
         return base + self._vdso_offset
 
     def syscall(self, nr: int, *args: int) -> int:
-        """Run one system call in the hijacked thread; returns the raw result (rax)."""
+        """Run one system call in the hijacked thread; returns the raw result (the ABI's
+        result register)."""
         if self.target is None:
             self.hijack()
         site = self._vdso_syscall_address()
@@ -371,21 +393,23 @@ class Injector:
 
     def run_batch(self, code_address: int, batch: batch_mod.Batch) -> None:
         """Run a batch whose table and code are already in the scratch mapping."""
+        first, end = self.arch.table_registers
         self._execute(code_address, code_address + self.arch.batch_done,
-                      {"r12": batch.table, "r13": batch.end})
+                      {first: batch.table, end: batch.end})
         self.stats["batches"] += 1
         self.stats["syscalls"] += len(batch.calls)
 
     # -- scratch memory ---------------------------------------------------------------------
-    def map_scratch(self, size: int, shared: bool = False) -> int:
+    def map_scratch(self, size: int, shared: bool = False, hint: int = 0) -> int:
         """A private, populated, executable mapping in the target (our code and data); with
-        SHARED, a populated read-write shared one, which a child it forks keeps."""
+        SHARED, a populated read-write shared one, which a child it forks keeps. HINT: where
+        it is wanted (the kernel takes it if that range is free, else places it anywhere)."""
         page = self.arch.page_size
         size = (size + page - 1) // page * page
         abi = self.abi
         prot = abi.PROT_READ | abi.PROT_WRITE | (0 if shared else abi.PROT_EXEC)
         kind = abi.MAP_SHARED if shared else abi.MAP_PRIVATE
-        result = self.syscall(abi.nr("mmap"), 0, size, prot,
+        result = self.syscall(abi.nr("mmap"), hint, size, prot,
                               kind | abi.MAP_ANONYMOUS | abi.MAP_POPULATE, -1, 0)
         if errno_of(result) is not None:
             raise InjectionError(f"mmap of {size} bytes in pid {self.target.tgid} failed: "
@@ -435,7 +459,7 @@ class Injector:
         if target.thread is not None and self.gdb.thread != target.thread:
             self.gdb.select(target.thread)
         self.gdb.write_registers(target.saved)
-        now = self.gdb.read_registers()
+        now = self._registers()
         changed = {k: (v, now[k]) for k, v in target.saved.items() if now[k] != v}
         self.kernel.invalidate()
         if changed:

@@ -11,6 +11,7 @@ STUB_OFFSET = 0x800  # in the code page, after the batch interpreter
 DATA = 256 * 1024  # default data area
 DATA_LARGE = 4 << 20  # a syscall channel's (file contents, /proc trees)
 DATA_FIRST = 256 * 1024  # what a growable area starts with (most lists need less)
+LOWEST_HINT = 1 << 24  # a mapping is never asked for below this (mmap_min_addr and more)
 
 
 class GuestSession:
@@ -31,6 +32,7 @@ class GuestSession:
         self.data_size = self._pages(min(first or data_size, data_size))
         self.base = 0
         self._cursor = 0
+        self._far = False  # where the last mapping was asked for (see _map)
 
     def _pages(self, size: int) -> int:
         page = self.injector.arch.page_size
@@ -51,13 +53,26 @@ class GuestSession:
 
     def _map(self) -> int:
         """A scratch mapping of the current size with the batch code and resume stub in it
-        (the journal learns where the stub is); its address."""
+        (the journal learns where the stub is); its address. Where the stub must sit near
+        the thread's PC (arm64's direct branch), the mapping is asked for there; if the
+        kernel places it elsewhere, there is no stub, and a thread left inside an injected
+        call gets that call's result in its result register."""
         inj = self.injector
-        base = inj.map_scratch(self.size)
-        stub, entry = inj.arch.resume_stub(inj.target.saved)
-        inj.write_user(base, inj.arch.batch_code)
-        inj.write_user(base + STUB_OFFSET, stub)
-        inj.note_resume_stub(base + STUB_OFFSET + entry)
+        arch = inj.arch
+        hint = 0
+        if arch.stub_reach:  # below the code (a PIE's start), or above a low static binary;
+            # a mapping that replaces another (grow) is asked for at the other distance
+            pc = inj.target.saved[arch.pc]
+            self._far = not self._far
+            away = arch.stub_reach // (2 if self._far else 4)
+            hint = pc - away if pc - away >= LOWEST_HINT else pc + away - self.size
+            hint = hint // arch.page_size * arch.page_size
+        base = inj.map_scratch(self.size, hint=hint)
+        inj.write_user(base, arch.batch_code)
+        stub = arch.resume_stub(inj.target.saved, base + STUB_OFFSET)
+        if stub is not None:
+            inj.write_user(base + STUB_OFFSET, stub[0])
+        inj.note_resume_stub(base + STUB_OFFSET + stub[1] if stub is not None else 0)
         return base
 
     def grow(self, need: int) -> None:

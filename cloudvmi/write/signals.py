@@ -31,6 +31,10 @@ class Signals:
         """The thread's blocked-signal mask."""
         return self.task.read(self.kernel, task)["blocked"]
 
+    def flags(self, task: int) -> int:
+        """The thread's thread_info.flags (TIF_*)."""
+        return self.task.read(self.kernel, task)["flags"]
+
     def block_all(self, task: int) -> None:
         self.task.write(self.kernel.space, task, "blocked", self.all)
 

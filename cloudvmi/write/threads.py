@@ -20,22 +20,23 @@ class ThreadChooser:
         self.avoid: int | None = None  # a process not to take (the one a kill targets)
 
     def _current_task_offset(self) -> int:
-        """Per-CPU offset of the running task pointer: `current_task`, or pcpu_hot's field."""
+        """Per-CPU variable holding the running task: the architecture's (x86-64's
+        `current_task`, arm64's `__entry_task`), or x86-64's pcpu_hot field (6.2 to 6.14)."""
         syms = self.kernel.symbols
-        off = syms.get("current_task")
-        if off is not None:
-            return off
+        for name in self.arch.current_task_symbols:
+            off = syms.get(name)
+            if off is not None:
+                return off
         hot = syms.get("pcpu_hot")
         if hot is None:
-            raise InjectionError("the kernel has neither current_task nor pcpu_hot")
+            raise InjectionError("the kernel has none of "
+                                 f"{', '.join(self.arch.current_task_symbols)} nor pcpu_hot")
         return hot + self.kernel.btf.struct("pcpu_hot").offset("current_task")
 
     def task_of(self, regs: dict[str, int]) -> int | None:
-        """The task running on a vCPU. The kernel's per-CPU base is in GS_BASE or, in user
-        mode and at syscall entry before swapgs, in KERNEL_GS_BASE: take the kernel one."""
-        base = regs.get("gs_base", 0)
-        if base < self.arch.kernel_space:
-            base = regs.get("k_gs_base", 0)
+        """The task running on a vCPU, through the kernel's per-CPU offset of that vCPU (a
+        register the architecture names: GS base on x86-64, TPIDR_EL1 on arm64)."""
+        base = self.arch.per_cpu_offset(regs)
         try:
             return self.kernel.read_u64(self.kernel.per_cpu(self._current_off, base))
         except GuestMemoryError:

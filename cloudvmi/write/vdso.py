@@ -29,21 +29,33 @@ def vdso_symbol(kernel: LinuxKernel) -> str:
     return symbol
 
 
+def vdso_image(kernel: LinuxKernel) -> bytes:
+    """The kernel's copy of the native vDSO: x86-64 describes it with a struct vdso_image;
+    arm64 (and the other ports of the generic vDSO) link it between vdso_start and
+    vdso_end."""
+    start, end = kernel.symbols.get("vdso_start"), kernel.symbols.get("vdso_end")
+    if start is not None and end is not None:
+        data, size = start, end - start
+    else:
+        image = Record(kernel.btf, "vdso_image", {"data": "data", "size": "size"})
+        v = image.read(kernel, kernel.symbols.lookup(vdso_symbol(kernel)))
+        data, size = v["data"], v["size"]
+    if not 64 <= size <= MAX_VDSO:
+        raise InjectionError(f"implausible vDSO image size {size}")
+    return kernel.read(data, size)
+
+
 def vdso_syscall_offset(kernel: LinuxKernel) -> int:
     """Offset of a system-call instruction inside the vDSO, from the kernel's image of it."""
-    symbol = vdso_symbol(kernel)
-    image = Record(kernel.btf, "vdso_image", {"data": "data", "size": "size"})
-    v = image.read(kernel, kernel.symbols.lookup(symbol))
-    if not 64 <= v["size"] <= MAX_VDSO:
-        raise InjectionError(f"implausible vDSO image size {v['size']}")
-    return find_syscall_instruction(kernel.read(v["data"], v["size"]), kernel.arch.capstone,
+    return find_syscall_instruction(vdso_image(kernel), kernel.arch.capstone,
                                     kernel.arch.syscall.instruction)
 
 
 def find_syscall_instruction(image: bytes, mode: tuple[str, str] = ("CS_ARCH_X86", "CS_MODE_64"),
                              mnemonic: str = "syscall") -> int:
     """Offset of a system-call instruction in a vDSO image, found by disassembling its code
-    (an instruction boundary, not just matching bytes)."""
+    (an instruction boundary, not just matching bytes); MODE names capstone's architecture
+    and mode, MNEMONIC the instruction (`syscall`, `svc`)."""
     import capstone
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile

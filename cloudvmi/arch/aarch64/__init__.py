@@ -3,7 +3,7 @@ roots (TTBR1 for the kernel, TTBR0 for a process), Linux's arm64 kernel layout."
 
 from collections.abc import Callable
 
-from cloudvmi.arch.aarch64 import abi
+from cloudvmi.arch.aarch64 import abi, batch, helper
 from cloudvmi.arch.aarch64.paging import AddressSpace, TranslationCache
 from cloudvmi.arch.base import Arch, SyscallTable
 from cloudvmi.arch.paging import PAGE
@@ -11,6 +11,7 @@ from cloudvmi.arch.paging import PAGE
 # PAGE_OFFSET, the start of the linear map, is -(1 << VA_BITS): a build constant.
 PAGE_OFFSETS = {4: 0xFFFF_0000_0000_0000, 5: 0xFFF0_0000_0000_0000}
 KIMAGE_VADDR = 0xFFFF_8000_0800_0000  # 48-bit, 128 MiB of modules below (to 6.x's 2 GiB)
+TIF_SIGPENDING, TIF_SVE, TIF_SME = 0, 23, 27  # arch/arm64/include/asm/thread_info.h
 
 
 def _image_offset(number: Callable[[str], int | None]) -> int | None:
@@ -82,8 +83,22 @@ SYSCALL_ALIASES = {"fstat": "newfstat", "uname": "newuname", "sendfile": "sendfi
                    "personality": "arm64_personality"}
 
 
-def _not_yet(*_args, **_kwargs):
-    raise NotImplementedError("system-call injection on arm64 guests is not available")
+def _per_cpu_offset(regs: dict[str, int]) -> int:
+    """Linux keeps each CPU's __per_cpu_offset in TPIDR_EL1 (TPIDR_EL2 when it runs at EL2
+    with VHE, which lab guests do not)."""
+    return regs["tpidr_el1"]
+
+
+def _entry_is_syscall(regs: dict[str, int]) -> bool:
+    """ESR_EL1's exception class at el0t_64_sync: 0x15 is an SVC from AArch64 (the entry
+    also takes faults, which return to the faulting instruction)."""
+    return regs["esr_el1"] >> 26 & 0x3F == 0x15
+
+
+def _run_registers(saved: dict[str, int]) -> dict[str, int]:
+    """PSTATE.BTYPE (bits 11:10) cleared: the vDSO's pages are BTI-guarded, and a thread
+    stopped just after an indirect branch would otherwise fault on our `svc` there."""
+    return {"cpsr": saved["cpsr"] & ~0xC00}
 
 
 ARCH = Arch(
@@ -99,12 +114,24 @@ ARCH = Arch(
     saved_registers=(*(f"x{i}" for i in range(31)), "sp", "pc", "cpsr"),
     pc="pc", user_mode=lambda regs: regs["cpsr"] & 0xF == 0,
     page_table_root=_ttbr_table,
-    pt_regs={}, tif_sigpending=0, syscall_entry="el0t_64_sync", entry_return_pc="elr_el1",
-    syscall=abi.ABI, batch_code=b"", batch_done=0, resume_stub=_not_yet,
-    helper_code=b"", helper_parked=0, helper_register="x28",
+    # struct pt_regs begins with struct user_pt_regs: regs[31], sp, pc, pstate
+    pt_regs={**{f"x{i}": f"regs[{i}]" for i in range(31)}, "sp": "sp", "pc": "pc",
+             "cpsr": "pstate"},
+    tif_sigpending=TIF_SIGPENDING, syscall_entry="el0t_64_sync", entry_return_pc="elr_el1",
+    syscall=abi.ABI, batch_code=batch.CODE, batch_done=batch.DONE,
+    resume_stub=batch.resume_stub,
+    helper_code=helper.CODE, helper_parked=helper.PARKED, helper_register="x28",
     capstone=("CS_ARCH_ARM64", "CS_MODE_ARM"), address_space=AddressSpace,
     translation_cache=TranslationCache, image_voffset_symbol="kimage_voffset",
-    qemu_names=("aarch64",), elf_machine="EM_AARCH64", writable=False,
+    qemu_names=("aarch64",), elf_machine="EM_AARCH64", writable=True,
+    table_registers=batch.TABLE_REGISTERS,
+    # QEMU's gdbstub sends these with `p` only (its `g` packet holds x0-x30, sp, pc, cpsr)
+    system_registers=("ttbr0_el1", "tpidr_el1", "elr_el1", "esr_el1"),
+    per_cpu_offset=_per_cpu_offset, current_task_symbols=("__entry_task",),
+    run_registers=_run_registers, stub_reach=batch.STUB_REACH,
+    # A system call discards SVE state beyond the FPSIMD registers (and streaming SVE): a
+    # thread that has it live (TIF_SVE, TIF_SME) is taken only where a system call returns.
+    syscall_discards=1 << TIF_SVE | 1 << TIF_SME, entry_is_syscall=_entry_is_syscall,
     syscall_tables=SYSCALL_TABLES, syscall_aliases=SYSCALL_ALIASES,
     module_areas=_module_areas,
 )

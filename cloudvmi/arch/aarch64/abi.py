@@ -1,6 +1,6 @@
 """The Linux arm64 system-call ABI: `svc #0` with the number in x8, arguments in x0-x5, the
 result in x0; the generic system-call table; asm-generic's flags and `struct stat` (which
-differ from x86-64's in O_DIRECTORY, O_NOFOLLOW and the stat layout)."""
+differ from x86-64's in O_DIRECTORY, O_NOFOLLOW, O_DIRECT, O_LARGEFILE and the stat layout)."""
 
 import struct
 import sys
@@ -16,6 +16,7 @@ AT_SYMLINK_NOFOLLOW = 0x100
 O_RDONLY, O_WRONLY, O_RDWR = 0, 1, 2
 O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 0o100, 0o200, 0o1000, 0o2000
 O_DIRECTORY, O_NOFOLLOW, O_CLOEXEC = 0o40000, 0o100000, 0o2000000
+O_DIRECT, O_LARGEFILE = 0o200000, 0o400000
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_POPULATE = 0x01, 0x02, 0x20, 0x8000
 AF_INET, SOCK_DGRAM = 2, 2

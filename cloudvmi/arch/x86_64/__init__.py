@@ -8,17 +8,24 @@ from cloudvmi.arch.x86_64 import abi, helper
 from cloudvmi.arch.x86_64.batch import CODE, DONE, resume_stub
 from cloudvmi.arch.x86_64.paging import PAGE, AddressSpace, Mapping, TranslationCache
 
+START_KERNEL_MAP = 0xFFFF_FFFF_8000_0000
+KERNEL_SPACE = 0xFFFF_8000_0000_0000
+
 
 def _user_mode(regs: dict[str, int]) -> bool:
     return regs["cs"] & 3 == 3
 
 
+def _per_cpu_offset(regs: dict[str, int]) -> int:
+    """The kernel's per-CPU base is in GS_BASE or, in user mode and at syscall entry before
+    swapgs, in KERNEL_GS_BASE: the one that is a kernel address."""
+    base = regs.get("gs_base", 0)
+    return base if base >= KERNEL_SPACE else regs.get("k_gs_base", 0)
+
+
 def _root(regs: dict[str, int]) -> int:
     """CR3 without PCID bits and without the PTI user/kernel selector bit."""
     return regs["cr3"] & 0x000F_FFFF_FFFF_E000
-
-
-START_KERNEL_MAP = 0xFFFF_FFFF_8000_0000
 
 
 def _image_offset(number: Callable[[str], int | None]) -> int | None:
@@ -75,7 +82,7 @@ ARCH = Arch(
     direct_map=DIRECT_MAP,
     thread_size=16 * 1024,  # THREAD_SIZE_ORDER 2, no KASAN
     image_offset=_image_offset,
-    kernel_space=0xFFFF_8000_0000_0000,
+    kernel_space=KERNEL_SPACE,
     kernel_pgd_symbols=("init_top_pgt", "init_level4_pgt"), paging_levels=_levels,
     direct_map_base=_direct_map, default_text=0xFFFF_FFFF_8100_0000,
     saved_registers=("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9",
@@ -94,6 +101,8 @@ ARCH = Arch(
     syscall_dispatchers=(("x64_sys_call", "x64"), ("ia32_sys_call", "ia32"),
                          ("x32_sys_call", "x32")),
     module_areas=_module_areas,
+    table_registers=("r12", "r13"), per_cpu_offset=_per_cpu_offset,
+    current_task_symbols=("current_task",),
 )
 
 __all__ = ["ARCH", "AddressSpace", "Mapping", "TranslationCache", "PAGE"]

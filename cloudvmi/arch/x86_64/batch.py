@@ -13,12 +13,13 @@ CODE = bytes.fromhex(
 DONE = 0x99  # offset of `done: jmp done`
 
 
-def resume_stub(saved: dict[str, int]) -> tuple[bytes, int]:
+def resume_stub(saved: dict[str, int], address: int = 0) -> tuple[bytes, int]:
     """Code that gives a thread back its RAX and RIP: where a thread still inside an injected
     call is sent when that call returns (the kernel writes the call's result into RAX, so
     RAX cannot be restored through the frame). All other registers come from the frame.
     Returns (bytes, entry offset); a 2-byte NOP before the entry catches a restarted call,
-    which the kernel rewinds by the 2 bytes of `syscall`."""
+    which the kernel rewinds by the 2 bytes of `syscall`. The code is position-independent:
+    ADDRESS does not matter."""
     code = bytes.fromhex(
         "6690"              # nop (2 bytes): a restarted system call lands here
         "488b0509000000"    # mov rax, [rip+9]   -> the saved RAX
