@@ -35,8 +35,8 @@ needs_qemu = pytest.mark.skipif(QEMU is None or shutil.which(CROSS + "gcc") is N
 def _assemble(tmp_path: Path, name: str) -> tuple[bytes, dict[str, int]]:
     source = resources.files("cloudvmi.arch.aarch64") / name
     (tmp_path / "b.S").write_bytes(source.read_bytes())
-    subprocess.run([CROSS + "as", "-o", str(tmp_path / "b.o"), str(tmp_path / "b.S")],
-                   check=True)
+    subprocess.run([CROSS + "as", "-I", str(resources.files("cloudvmi.arch.aarch64")), "-o",
+                    str(tmp_path / "b.o"), str(tmp_path / "b.S")], check=True)
     subprocess.run([CROSS + "objcopy", "-O", "binary", "-j", ".text", str(tmp_path / "b.o"),
                     str(tmp_path / "b.bin")], check=True)
     symbols = subprocess.run([CROSS + "nm", str(tmp_path / "b.o")], capture_output=True,

@@ -1,4 +1,5 @@
 	.text
+	.include "entry.S"
 	.globl _start
 	/* The persistent channel's guest helper, as x86_64/helper.S. Entered in a hijacked
 	   thread with x28 pointing at the mailbox: a shared anonymous mapping (mailbox page,
@@ -150,29 +151,7 @@ quit:
 run:
 	cmp x19, x20
 	b.hs ran
-	ldr x21, [x19, #56]
-	ldr x0, [x19, #8]
-	tbz x21, #0, 1f
-	ldr x0, [x0]
-1:	ldr x1, [x19, #16]
-	tbz x21, #1, 2f
-	ldr x1, [x1]
-2:	ldr x2, [x19, #24]
-	tbz x21, #2, 3f
-	ldr x2, [x2]
-3:	ldr x3, [x19, #32]
-	tbz x21, #3, 4f
-	ldr x3, [x3]
-4:	ldr x4, [x19, #40]
-	tbz x21, #4, 5f
-	ldr x4, [x4]
-5:	ldr x5, [x19, #48]
-	tbz x21, #5, 6f
-	ldr x5, [x5]
-6:	ldr x8, [x19]
-	svc #0
-	str x0, [x19, #64]
-	add x19, x19, #72
+	CALL_ENTRY
 	tbz x21, #8, run
 	cmn x0, #4095
 	b.lo run
