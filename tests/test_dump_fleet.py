@@ -169,3 +169,27 @@ def test_reads_share_one_stream_and_a_refusal_does_not_end_it(cases):
     finally:
         node.close()
     assert node._reads.broken
+
+
+def test_streams_of_reads_are_bounded_and_never_starve_calls(cases):
+    """A client keeps at most two streams of reads open on an agent; a third is refused and
+    its reads go unary, and streams hold none of the client's call slots: with two streams
+    open, four more calls at once (the client's whole share) still run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root, images, agents, _ = cases
+    nodes = [_node(root, agents["n1"], "n1") for _ in range(3)]
+    try:
+        with attach(str(images / "6.1.elf")) as local:
+            want = local.read_physical(0x100000, 4096)
+            procs = local.linux.processes()
+        assert all(n.vm("case-elf").read_physical(0x100000, 4096) == want for n in nodes)
+        assert [n._reads.usable for n in nodes] == [True, True, False]
+        assert nodes[2]._streams_refused_until > 0
+        with ThreadPoolExecutor(4) as pool:
+            lists = list(pool.map(lambda _: nodes[2].vm("case-elf").linux.processes(),
+                                  range(4)))
+        assert all(p == procs for p in lists)
+    finally:
+        for n in nodes:
+            n.close()

@@ -35,6 +35,7 @@ from cloudvmi.remote.proto import cloudvmi_pb2 as pb
 from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
 from cloudvmi.remote.readstream import ERROR
 from cloudvmi.remote.registry import Registry, UnknownVM
+from cloudvmi.remote.streamwatch import StreamWatch
 from cloudvmi.remote.upload import QUEUED_MESSAGES, Upload
 from cloudvmi.stream import ByteStream
 from cloudvmi.write.channel import GuestCall
@@ -45,6 +46,8 @@ EXEC = "guest.exec"  # the channel of a redirected program (operate permission)
 EXEC_SECONDS = 3600.0  # the longest a program may hold a guest thread through the agent
 EXEC_IDLE = 60.0  # ... and the longest between two of its messages
 READS_SECONDS = 30.0  # the longest a stream of reads is kept open (a worker is its)
+READS_IDLE = 5.0  # ... and without a read in it
+READ_STREAMS = 2  # streams of reads one client may keep open
 CHUNK = 4 << 20  # per streamed message: fewer, larger messages stream faster
 MAX_PAYLOAD = 256 << 20  # the blobs of one call's arguments (a file written)
 STREAM_ABOVE = 1 << 20  # a blob larger than this is streamed to a capability that takes one
@@ -66,6 +69,7 @@ class AgentService(rpc.AgentServicer):
         self.metrics = metrics or AgentMetrics()
         self.limits = CallLimits(config.calls_per_identity, config.bytes_per_identity)
         self.revocations = Revocations(config)
+        self.read_streams = StreamWatch(READ_STREAMS, READS_IDLE, READS_SECONDS)
 
     # -- who and what ---------------------------------------------------------------------
     def _identity(self, context) -> str:
@@ -212,29 +216,28 @@ class AgentService(rpc.AgentServicer):
     def Reads(self, request_iterator, context):
         """Read after read on one stream (see the proto): each message goes through Read,
         authorization, limits and audit included; what Read would refuse with a status is
-        answered in the stream instead. A stream holds one of its client's call slots, and
-        lives at most READS_SECONDS."""
+        answered in the stream instead. A client keeps at most READ_STREAMS of them open,
+        each ended after READS_IDLE seconds without a read and READS_SECONDS in all."""
         who = self._identity(context)
         if not who:
             self._record("?", "*", "reads", {}, "denied", "no identity", context)
             _error(context, grpc.StatusCode.PERMISSION_DENIED, "PermissionDenied",
                    "this client may not read")
         try:
-            slot = self.limits.enter(who, 0)
+            stream = self.read_streams.open(who, context.cancel)
         except LimitExceeded as exc:
             _error(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "LimitExceeded", str(exc))
-        lifetime = threading.Timer(READS_SECONDS, context.cancel)
-        lifetime.start()
         answering = _Answering(context)
         try:
             for message in request_iterator:
-                try:
-                    yield self.Read(message, answering)
-                except _Refused as refused:
-                    yield pb.Reply(json=json.dumps({ERROR: refused.info}))
+                with stream.reading():
+                    try:
+                        reply = self.Read(message, answering)
+                    except _Refused as refused:
+                        reply = pb.Reply(json=json.dumps({ERROR: refused.info}))
+                yield reply
         finally:
-            lifetime.cancel()
-            slot.release()
+            stream.close()
 
     def _serve(self, first, request_iterator, context):
         """Authorize, admit, read the payload, record and run the call FIRST starts (the

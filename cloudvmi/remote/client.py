@@ -19,7 +19,7 @@ from cloudvmi.redirect.program import Completed, run_program
 from cloudvmi.remote import codec
 from cloudvmi.remote.proto import cloudvmi_pb2 as pb
 from cloudvmi.remote.proto import cloudvmi_pb2_grpc as rpc
-from cloudvmi.remote.readstream import ReadStream
+from cloudvmi.remote.readstream import REOPEN_AFTER, ReadStream
 from cloudvmi.stream import ByteStream
 from cloudvmi.vm import check_exec_args
 from cloudvmi.write.channel import CallResult, GuestCall
@@ -130,6 +130,7 @@ class Node:
         self._streams_reads = False  # the agent has no Read (older): stream every call
         self._reads: ReadStream | None = None  # reads kept open (None: not yet, or no more)
         self._no_read_stream = False  # the agent has no Reads (older)
+        self._streams_refused_until = 0.0  # no new stream before (the agent had enough)
 
     def vms(self) -> list[pb.VMInfo]:
         try:
@@ -190,7 +191,7 @@ class Node:
         """The read's answer through the stream of reads, or None to ask the usual way
         (no stream, busy, gone; or a refusal the unary path handles: over this client's
         share, or too large for one message). Other refusals raise as the call's would."""
-        if self._no_read_stream:
+        if self._no_read_stream or time.monotonic() < self._streams_refused_until:
             return None
         stream = self._reads
         if stream is None or not stream.usable:
@@ -200,6 +201,8 @@ class Node:
         reply, refused = stream.ask(call)
         if stream.unsupported:
             self._no_read_stream = True
+        if stream.refused:  # the agent holds as many of our streams as it may: ask unary
+            self._streams_refused_until = time.monotonic() + REOPEN_AFTER
         if refused is None:
             return reply
         code = getattr(grpc.StatusCode, str(refused.get("code")), grpc.StatusCode.UNKNOWN)
