@@ -1,5 +1,6 @@
 """The guest's own view of itself, read over its serial console: what tests compare against."""
 
+import time
 from dataclasses import dataclass, field
 
 
@@ -89,3 +90,24 @@ def parse_modules(out: str) -> dict[str, tuple[int, int, str]]:
         if len(f) >= 5:
             mods[f[0]] = (int(f[1]), int(f[2]), f[4])
     return mods
+
+
+def gone(guest, pid: int, seconds: float) -> bool:
+    """Whether the guest's /proc loses PID within SECONDS."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if guest.console.run(f"test -d /proc/{pid}")[0] != 0:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def sentinel_rounds(guest, at_least: int, polls: int = 600) -> tuple[int, int]:
+    """(rounds, corrupt) of the workload's sentinel program, once it has done AT_LEAST
+    rounds (its /tmp/sentinel.txt, read every half second, POLLS times at most)."""
+    for _ in range(polls):
+        words = guest.console.check("cat /tmp/sentinel.txt 2>/dev/null || true").split()
+        if len(words) == 4 and int(words[1]) >= at_least:
+            return int(words[1]), int(words[3])
+        time.sleep(0.5)
+    raise AssertionError("the sentinel program made no progress")

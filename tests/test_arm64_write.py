@@ -56,22 +56,13 @@ def _pid_of(g, *argv: str) -> int:
     raise AssertionError(f"no process {argv}")
 
 
-def _gone(g, pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if g.console.run(f"test -d /proc/{pid}")[0] != 0:
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_kill_files_and_run_as_the_guest_sees_them(live):
     g, vm = live
     assert vm.arch.name == "arm64" and vm.arch.writable
     g.console.check("sleep 7777777 &")
     pid = _pid_of(g, "sleep", "7777777")
     vm.guest.kill(pid, 9)
-    assert _gone(g, pid, 10)
+    assert oracle.gone(g, pid, 10)
     assert vm.guest.read_file("/proc/version").decode() == theirs(g, "cat /proc/version")
     data = os.urandom(300 << 10) + b"tail"
     vm.guest.write_file("/root/w.bin", data)
@@ -107,7 +98,7 @@ def test_persistent_channel_helper_serves_and_goes(live):
     assert own == "cloudvmi-helper\n1\n"  # named for what it is, adopted by init
     pid = helper.pid
     assert vm.guest.close() == ["exited"]
-    assert _gone(g, pid, 10)
+    assert oracle.gone(g, pid, 10)
 
 
 def test_hijacked_process_keeps_running_without_a_gap(live):
@@ -188,7 +179,7 @@ def test_syscalls_in_a_thread_taken_mid_loop_leave_its_registers_alone(live):
     g, vm = live
     g.console.check("/bin/workload sentinel /tmp/sentinel.txt >/dev/null 2>&1 &")
     sentinel = _pid_of(g, "/bin/workload", "sentinel")
-    start = _sentinel_rounds(g, at_least=1)[0]
+    start = oracle.sentinel_rounds(g, at_least=1, polls=240)[0]
     injector = vm.guest.injector
     getpid = vm.arch.syscall.nr("getpid")
     for _ in range(10):  # until it is taken inside its checking loop
@@ -216,16 +207,6 @@ def test_syscalls_in_a_thread_taken_mid_loop_leave_its_registers_alone(live):
         for _ in range(900):
             b.add(getpid)
         assert set(session.run(b)) == {sentinel}
-    rounds, corrupt = _sentinel_rounds(g, at_least=start + 2)
+    rounds, corrupt = oracle.sentinel_rounds(g, at_least=start + 2, polls=240)
     assert corrupt == 0
     g.console.check(f"kill {sentinel}")
-
-
-def _sentinel_rounds(g, at_least: int) -> tuple[int, int]:
-    """(rounds, corrupt) of the sentinel program, once it has done AT_LEAST rounds."""
-    for _ in range(240):
-        words = g.console.check("cat /tmp/sentinel.txt 2>/dev/null || true").split()
-        if len(words) == 4 and int(words[1]) >= at_least:
-            return int(words[1]), int(words[3])
-        time.sleep(0.5)
-    raise AssertionError("the sentinel program made no progress")

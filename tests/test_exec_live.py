@@ -194,15 +194,6 @@ def _ppid(p: Path) -> int:
         return -1
 
 
-def _gone(g, pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if g.console.run(f"test -d /proc/{pid}")[0] != 0:
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_persistent_channel_answers_alike_and_its_helper_goes_on_detach(live):
     g, vm = live
     run = {"channel": "persistent", "timeout": 120}
@@ -230,7 +221,7 @@ def test_persistent_channel_answers_alike_and_its_helper_goes_on_detach(live):
     assert theirs(g, "cat /root/q") == "persisted\n"
     pid = helper.pid
     assert vm.guest.close() == ["exited"]
-    assert _gone(g, pid, 10)
+    assert oracle.gone(g, pid, 10)
     assert mine(vm, ["busybox", "cat", "/root/q"]) == "persisted\n"  # the default path
 
 
@@ -241,7 +232,7 @@ def test_a_helper_whose_host_went_away_exits_by_itself(live):
     helper = channel.helper
     helper._quit.set()  # what a killed host leaves behind: no heartbeat, no goodbye
     helper._beat.join()
-    assert _gone(g, helper.pid, 60)
+    assert oracle.gone(g, helper.pid, 60)
     assert vm.guest.close() == ["exited"]
 
 
@@ -257,7 +248,7 @@ def test_a_helper_tampered_with_or_killed_by_guest_root_is_refused(live):
     with pytest.raises(CloudVMIError, match="mailbox was overwritten"):
         vm.exec(["busybox", "hostname"], **run)
     assert vm.exec(["busybox", "hostname"], **run).status == 0  # a new helper
-    assert _gone(g, helper.pid, 10)  # the tampered one was killed
+    assert oracle.gone(g, helper.pid, 10)  # the tampered one was killed
     again = vm.guest.channel("persistent").helper
     assert again.pid != helper.pid
     g.console.check(f"kill -9 {again.pid}")

@@ -210,7 +210,7 @@ def test_thousand_syscalls_leave_no_register_changed(live):
     g, vm = live
     g.console.check("/bin/workload sentinel /tmp/sentinel.txt >/dev/null 2>&1 &")
     sentinel = _pid_of(g, "/bin/workload", "sentinel")
-    start = _sentinel_rounds(g, at_least=1)
+    start = oracle.sentinel_rounds(g, at_least=1)
     injector = vm.guest.injector
     target = injector.hijack(sentinel)
     try:
@@ -225,22 +225,12 @@ def test_thousand_syscalls_leave_no_register_changed(live):
         for _ in range(900):
             b.add(39)
         assert set(session.run(b)) == {sentinel}
-    rounds, corrupt = _sentinel_rounds(g, at_least=start[0] + 2)
+    rounds, corrupt = oracle.sentinel_rounds(g, at_least=start[0] + 2)
     assert corrupt == 0
     assert _alive(g, sentinel) and vm.running()
     assert g.console.check("dmesg | grep -ci -e segfault -e 'general protection' || true") \
         .strip() == "0"
     g.console.check(f"kill {sentinel}")
-
-
-def _sentinel_rounds(g, at_least: int) -> tuple[int, int]:
-    """(rounds, corrupt) of the sentinel program, once it has done AT_LEAST rounds."""
-    for _ in range(600):
-        words = g.console.check("cat /tmp/sentinel.txt 2>/dev/null || true").split()
-        if len(words) == 4 and int(words[1]) >= at_least:
-            return int(words[1]), int(words[3])
-        time.sleep(0.5)
-    raise AssertionError("the sentinel program made no progress")
 
 
 def test_direct_kernel_memory_write(live):

@@ -82,7 +82,7 @@ class LinuxKernel:
         # The direct map: page_offset is its virtual base, direct_phys the physical address
         # there (0 on x86-64; arm64's memstart_addr, where RAM does not start at 0).
         self.page_offset, self.direct_phys = self.arch.direct_map_base(
-            self._image_u64, self._maps, levels, min(r.start for r in regions))
+            self.image_u64, self._maps, levels, min(r.start for r in regions))
         for r in regions:
             self.space.add_linear_range(self.direct_virt(r.start), r.size, r.start)
         self._user_spaces: dict[int, object] = {}
@@ -97,7 +97,7 @@ class LinuxKernel:
         return h
 
     # -- addresses -------------------------------------------------------------------------
-    def _image_u64(self, name: str) -> int | None:
+    def image_u64(self, name: str) -> int | None:
         """A kernel-image variable read by its physical address (before the direct map is
         known), or None when the kernel has no such symbol."""
         address = self.symbols.get(name)

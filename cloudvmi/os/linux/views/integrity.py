@@ -419,7 +419,7 @@ def _module_areas(kernel: LinuxKernel) -> list[tuple[int, int]]:
     """The architecture's module memory, page-aligned, overlaps joined (each page carved
     once)."""
     areas = []
-    for start, end in sorted(kernel.arch.module_areas(kernel._image_u64, kernel.image_end)):
+    for start, end in sorted(kernel.arch.module_areas(kernel.image_u64, kernel.image_end)):
         start, end = start & ~0xFFF, min(end, 1 << 64)
         if areas and start <= areas[-1][1]:
             areas[-1] = (areas[-1][0], max(areas[-1][1], end))
